@@ -1,0 +1,228 @@
+"""The asyncio backend: futures, one deadline timer per queue, plain tasks.
+
+Waiting is where a pool spends its time under load, so this module is built
+around two measurements: ``loop.call_later`` plus ``cancel`` costs about as
+much as a whole uncontended queue cycle, and a future costs a third of one.
+Hence a waiter is just a future in a deque, and deadlines are enforced by a
+single timer armed for the waiter at the head of the queue: with one timeout
+for everybody (the usual case) deadlines grow along the queue, so the head
+always expires first and the timer fires about once per timeout period, not
+once per wait. A waiter whose deadline is earlier than the one ahead of it
+gets a timer of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._errors import PoolError
+from . import WaitOwner
+
+if TYPE_CHECKING:
+    from .._state import Entry
+
+__all__ = ["AsyncioBackend", "AsyncioWaitQueue"]
+
+T = TypeVar("T")
+logger = logging.getLogger("asyncpool")
+
+_Future = asyncio.Future
+
+
+class AsyncioWaitQueue:
+    """A FIFO of futures; see the module docstring for the deadline timer."""
+
+    __slots__ = ("_loop", "_owner", "_queue", "_tail_deadline", "_timer", "live")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: WaitOwner) -> None:
+        self._loop = loop
+        self._owner = owner
+        # (deadline, future); finished futures are skipped lazily and
+        # compacted away when they outnumber the live ones.
+        self._queue: deque[tuple[float, _Future[Entry[Any]]]] = deque()
+        self._tail_deadline = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self.live = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    async def wait(self, deadline: float) -> Entry[Any]:
+        loop = self._loop
+        if asyncio.get_running_loop() is not loop:
+            raise PoolError("this pool belongs to another event loop; create one pool per loop")
+        now = time.monotonic()
+        if deadline <= now:
+            raise self._owner.timeout_error()
+        fut: _Future[Entry[Any]] = loop.create_future()
+        own_timer: asyncio.TimerHandle | None = None
+        if deadline >= self._tail_deadline:
+            self._tail_deadline = deadline
+            if self._timer is None and deadline != math.inf:
+                self._timer = loop.call_later(deadline - now, self._expire_due)
+        else:
+            own_timer = loop.call_later(deadline - now, self._expire_one, fut)
+        self._queue.append((deadline, fut))
+        self.live += 1
+        self._owner.waiter_enqueued()
+        try:
+            return await fut
+        except BaseException:
+            # Cancelled (or woken with an error). Every way a future can
+            # finish is counted exactly once, by whoever finished it.
+            if fut.cancelled():
+                # We gave up while still queued: our place is dead now.
+                self.live -= 1
+                self._after_removal()
+            elif not fut.done():  # pragma: no cover - defensive: foreign throw()
+                fut.cancel()
+                self.live -= 1
+                self._after_removal()
+            elif fut.exception() is None:
+                # Handed an entry in the same loop turn as our cancellation:
+                # the entry is not ours to keep, so it goes to the next one.
+                self._owner.give_back(fut.result())
+            raise
+        finally:
+            if own_timer is not None:
+                own_timer.cancel()
+
+    def hand_over(self, entry: Entry[Any]) -> bool:
+        queue = self._queue
+        while queue:
+            fut = queue.popleft()[1]
+            if not fut.done():
+                self.live -= 1
+                if not self.live:
+                    self._reset()
+                fut.set_result(entry)
+                return True
+        self._reset()
+        return False
+
+    def fail_all(self, make_exc: Callable[[], BaseException]) -> None:
+        queue = self._queue
+        while queue:
+            fut = queue.popleft()[1]
+            if not fut.done():
+                fut.set_exception(make_exc())
+        self.live = 0
+        self._reset()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _reset(self) -> None:
+        # Nobody waits: the remaining futures are all finished, and the next
+        # waiter starts a fresh, ordered run of deadlines.
+        self._queue.clear()
+        self._tail_deadline = -math.inf
+
+    def _after_removal(self) -> None:
+        if not self.live:
+            self._reset()
+        elif len(self._queue) > 2 * self.live + 64:
+            self._queue = deque(item for item in self._queue if not item[1].done())
+
+    def _expire(self, fut: _Future[Entry[Any]]) -> None:
+        self.live -= 1
+        fut.set_exception(self._owner.timeout_error())
+
+    def _expire_one(self, fut: _Future[Entry[Any]]) -> None:
+        if not fut.done():
+            self._expire(fut)
+            self._after_removal()
+
+    def _expire_due(self) -> None:
+        self._timer = None
+        queue = self._queue
+        now = time.monotonic()
+        while queue:
+            deadline, fut = queue[0]
+            if fut.done():
+                queue.popleft()
+            elif deadline <= now:
+                queue.popleft()
+                self._expire(fut)
+            else:
+                if deadline != math.inf:
+                    self._timer = self._loop.call_later(deadline - now, self._expire_due)
+                break
+        if not self.live:
+            self._reset()
+
+
+class _TaskHandle:
+    __slots__ = ("_task",)
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+class AsyncioBackend:
+    """asyncio (and uvloop, and anything else implementing its loop API)."""
+
+    name = "asyncio"
+    cancelled: type[BaseException] = asyncio.CancelledError
+    #: A cancelled task sees one CancelledError; awaits after it work.
+    level_triggered = False
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        # Strong references: the loop keeps only weak ones to its tasks.
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    now = staticmethod(time.monotonic)
+
+    def check_loop(self) -> None:
+        if asyncio.get_running_loop() is not self.loop:
+            raise PoolError("this pool belongs to another event loop; create one pool per loop")
+
+    def wait_queue(self, owner: WaitOwner) -> AsyncioWaitQueue:
+        return AsyncioWaitQueue(self.loop, owner)
+
+    def spawn(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, on_done: Callable[[], None] | None = None
+    ) -> _TaskHandle:
+        task: asyncio.Task[Any] = self.loop.create_task(fn(*args))  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if on_done is not None:
+            task.add_done_callback(lambda _task: on_done())
+        return _TaskHandle(task)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    if sys.version_info >= (3, 11):
+
+        async def call_with_timeout(self, seconds: float | None, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+            if seconds is None:
+                return await fn(*args)
+            async with asyncio.timeout(seconds):
+                return await fn(*args)
+
+    else:  # pragma: no cover - Python 3.10
+
+        async def call_with_timeout(self, seconds: float | None, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+            if seconds is None:
+                return await fn(*args)
+            return await asyncio.wait_for(fn(*args), seconds)
+
+    async def call_shielded(self, seconds: float, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        # Edge-triggered: a clean-up await after a CancelledError is not
+        # interrupted again unless the task is cancelled anew.
+        return await self.call_with_timeout(seconds, fn, *args)
+
+    def event(self) -> asyncio.Event:
+        return asyncio.Event()

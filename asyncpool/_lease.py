@@ -1,0 +1,79 @@
+"""What ``AsyncPool.acquire()`` returns: awaitable and async context manager."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+from ._state import LEASED, RETURNING
+
+if TYPE_CHECKING:
+    from ._pool import AsyncPool
+
+__all__ = ["Lease"]
+
+R = TypeVar("R")
+
+
+@final
+class Lease(Generic[R]):
+    """One borrowing of one resource.
+
+    ``await pool.acquire()`` returns the resource and leaves releasing it to
+    the caller; ``async with pool.acquire() as resource`` releases it on the
+    way out, whatever way that is. If the block is left by a cancellation,
+    the clean-up (reset, validation) is finished in the background, so the
+    cancelled task is not held up and the resource is still not lost.
+    """
+
+    __slots__ = ("_entry", "_pool", "_serial", "_timeout")
+
+    def __init__(self, pool: AsyncPool[R], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        # ``_entry`` and ``_serial`` are set by ``__aenter__``; leaving them
+        # unset here keeps ``acquire()`` cheap.
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self._pool._acquire_resource(self._timeout).__await__()
+
+    async def __aenter__(self) -> R:
+        pool = self._pool
+        state = pool._state
+        # The uncontended path: an idle resource and nobody queued ahead.
+        if state.idle and not state.waiters.live:
+            entry = state.checkout()
+            if entry is None or entry.state != LEASED:
+                entry = await pool._acquire_entry(self._timeout, entry)
+        else:
+            entry = await pool._acquire_entry(self._timeout, None)
+        self._entry = entry
+        self._serial = entry.serial
+        return entry.resource
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry = self._entry
+        if entry.serial != self._serial:
+            return  # released explicitly inside the block, maybe lent again since
+        pool = self._pool
+        if exc is not None or entry.state != LEASED or not pool._inline_release:
+            await pool._release_entry(entry, exc)
+            return
+        # The common path, inlined: reset, then hand on or keep idle.
+        entry.state = RETURNING
+        reset = pool._reset
+        if reset is not None:
+            try:
+                await reset(entry.resource)
+            except BaseException as reset_exc:
+                pool._reset_failed(entry, reset_exc)
+                if isinstance(reset_exc, Exception):
+                    return
+                raise
+        pool._state.checkin(entry)

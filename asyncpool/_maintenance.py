@@ -1,0 +1,169 @@
+"""The pool's background work: connecting, closing, health checks.
+
+Each function here runs as its own background task, so a slow or failing
+connect never blocks a caller, and a caller that gives up (timeout, cancel)
+never cancels a connect: its resource joins the pool for the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ._state import Entry
+
+if TYPE_CHECKING:
+    from ._pool import AsyncPool
+
+__all__ = ["ConnectSlot", "backoff_delay", "close_entry", "connect_worker", "health_loop", "run_health_check"]
+
+logger = logging.getLogger("asyncpool")
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with full jitter: uniform in ``[d/2, d]``.
+
+    The jitter keeps a fleet of pools that lost the same server from
+    reconnecting in lockstep when it comes back.
+    """
+    delay = min(maximum, initial * (2.0**attempt))
+    return delay * (0.5 + random.random() / 2)
+
+
+class ConnectSlot:
+    """One reserved place in the pool's size, owned by one connect task.
+
+    ``settled`` turns true in the same synchronous step that gives the place
+    back to the pool (as a resource, or as room). If the task ends any other
+    way (cancelled, even before it first ran), the pool's done-callback sees
+    ``settled`` still false and gives the place back itself: so the place is
+    returned exactly once on every path.
+    """
+
+    __slots__ = ("settled",)
+
+    def __init__(self) -> None:
+        self.settled = False
+
+
+async def connect_worker(pool: AsyncPool[Any], slot: ConnectSlot) -> None:
+    """Create one resource for the slot reserved by ``PoolState.grow``.
+
+    Retries with backoff for as long as the slot is still wanted.
+    """
+    state = pool._state
+    backend = pool._backend
+    cfg = pool._config
+    attempt = 0
+    while True:
+        try:
+            resource = await backend.call_with_timeout(cfg.connect_timeout, pool._connector.connect)
+        except Exception as exc:
+            logger.warning("pool%s: connect failed (attempt %d): %s", pool._label, attempt + 1, _describe(exc))
+            if not state.connect_failed(exc):
+                slot.settled = True
+                return
+            await backend.sleep(backoff_delay(attempt, cfg.reconnect_delay, cfg.reconnect_max_delay))
+            attempt += 1
+            if not state.keep_connecting():
+                slot.settled = True
+                return
+            continue
+        # From here to ``connected`` nothing awaits: the new resource cannot
+        # be dropped between the two.
+        slot.settled = True
+        state.connected(resource)
+        return
+
+
+async def close_entry(pool: AsyncPool[Any], entry: Entry[Any]) -> None:
+    """Close one retired resource, bounded by ``cleanup_timeout``."""
+    try:
+        await pool._backend.call_with_timeout(pool._config.cleanup_timeout, pool._connector.close, entry.resource)
+    except Exception as exc:
+        logger.warning("pool%s: closing a resource failed: %s", pool._label, _describe(exc))
+
+
+async def return_in_background(pool: AsyncPool[Any], entry: Entry[Any]) -> None:
+    """Finish a release off the releasing caller's path, bounded in time.
+
+    Used when the caller was cancelled (the clean-up happens here, where no
+    cancellation aimed at the caller can reach it; the interrupted resource
+    is ``suspect`` and validated too), and for every release when the pool
+    resets in the background, so a handler does not wait for a reset round
+    trip.
+    """
+    state = pool._state
+    try:
+        ok = await pool._backend.call_with_timeout(pool._config.cleanup_timeout, pool._reset_and_validate, entry)
+    except BaseException as exc:
+        state.discard(entry)
+        if not isinstance(exc, Exception):
+            raise
+        logger.info("pool%s: discarding a resource whose clean-up failed: %s", pool._label, _describe(exc))
+        return
+    if ok:
+        state.checkin(entry)
+    else:
+        state.health_failures += 1
+        state.discard(entry)
+
+
+async def run_health_check(pool: AsyncPool[Any]) -> None:
+    """One round: evict, validate idle resources one at a time, refill.
+
+    Only one resource is out of the idle set at any moment, so a waiter is
+    never kept from a healthy resource by the check.
+    """
+    state = pool._state
+    cfg = pool._config
+    backend = pool._backend
+    state.evict_idle()
+    threshold = cfg.validate_after or 0.0
+    for entry in list(state.idle):
+        if state.closed:
+            return
+        if backend.now() - entry.last_ok <= threshold or not state.take_for_check(entry):
+            continue
+        try:
+            ok = bool(await backend.call_with_timeout(cfg.cleanup_timeout, pool._connector.validate, entry.resource))
+        except backend.cancelled:
+            state.discard(entry)
+            raise
+        except Exception as exc:
+            logger.info("pool%s: health check failed: %s", pool._label, _describe(exc))
+            ok = False
+        state.checked(entry, ok)
+    state.grow()
+
+
+async def health_loop(pool_ref: weakref.ref[AsyncPool[Any]], interval: float) -> None:
+    """Run ``run_health_check`` every ``interval`` seconds until the pool closes.
+
+    Holds the pool only weakly between rounds, so a pool that is dropped
+    without ``close()`` can still be collected.
+    """
+    pool = pool_ref()
+    if pool is None:
+        return
+    backend = pool._backend
+    del pool
+    while True:
+        await backend.sleep(interval)
+        pool = pool_ref()
+        if pool is None or pool._state.closed:
+            return
+        try:
+            await run_health_check(pool)
+        except backend.cancelled:
+            raise
+        except Exception:
+            logger.exception("pool%s: health check round failed", pool._label)
+        del pool
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,494 @@
+"""``AsyncPool``: the async shell around the decisions in ``_state``.
+
+Every method here follows one pattern: decide synchronously in
+``PoolState``, await exactly one piece of I/O (the connector's, or a wait),
+then record the outcome synchronously. A cancellation can land only on that
+one await, and each such await has its clean-up written right next to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import weakref
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar, final
+
+from ._backends import Backend, TaskHandle, current_backend
+from ._config import PoolConfig
+from ._connector import Connector, as_connector
+from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
+from ._lease import Lease
+from ._maintenance import ConnectSlot, close_entry, connect_worker, health_loop, return_in_background
+from ._state import CLOSED, LEASED, RETURNING, Entry, PoolState
+from ._stats import PoolStats
+
+__all__ = ["AsyncPool"]
+
+R = TypeVar("R")
+logger = logging.getLogger("asyncpool")
+_pool_ids = itertools.count(1)
+
+
+class _NotOpenWaitQueue:
+    """Stands in for the backend's queue before ``open()``: nobody waits."""
+
+    live = 0
+
+    def hand_over(self, entry: Entry[Any]) -> bool:
+        return False
+
+    def fail_all(self, make_exc: Callable[[], BaseException]) -> None:
+        return None
+
+
+@final
+class AsyncPool(Generic[R]):
+    """A bounded, fair pool of expensive resources for async code.
+
+    Resources come from a :class:`Connector` (or a plain async factory).
+    ``acquire()`` lends one: an idle one if there is one, else a new one if
+    the pool is below ``max_size``, else the caller waits, first come first
+    served, until its deadline. ``release()`` resets a resource and hands it
+    straight to the longest waiter.
+
+    The pool is opened by ``async with`` or ``await pool.open()``; the first
+    ``acquire()`` opens it too. It belongs to the event loop that opened it.
+    """
+
+    def __init__(
+        self,
+        connector: Connector[R] | Callable[[], Awaitable[R]],
+        *,
+        min_size: int = 0,
+        max_size: int = 10,
+        timeout: float | None = 30.0,
+        max_waiting: int | None = None,
+        max_lifetime: float | None = 3600.0,
+        max_idle: float | None = 600.0,
+        health_check_interval: float | None = 30.0,
+        name: str | None = None,
+        validate_after: float | None = 1.0,
+        connect_timeout: float | None = 10.0,
+        cleanup_timeout: float = 5.0,
+        reconnect_delay: float = 0.1,
+        reconnect_max_delay: float = 5.0,
+        background_reset: bool | None = None,
+    ) -> None:
+        self._config = cfg = PoolConfig(
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            health_check_interval=health_check_interval,
+            name=name,
+            validate_after=validate_after,
+            connect_timeout=connect_timeout,
+            cleanup_timeout=cleanup_timeout,
+            reconnect_delay=reconnect_delay,
+            reconnect_max_delay=reconnect_max_delay,
+        )
+        self._connector: Connector[R] = as_connector(connector)
+        self._reset: Callable[[R], Awaitable[None]] | None = (
+            None if getattr(self._connector, "reset_is_noop", False) else self._connector.reset
+        )
+        if background_reset is None:
+            # The connector knows whether its reset costs a round trip.
+            background_reset = bool(getattr(self._connector, "background_reset", False))
+        self._background_reset = background_reset and self._reset is not None
+        #: ``async with`` may reset inline in the caller (set at open).
+        self._inline_release = False
+        self._state: PoolState[R] = PoolState(cfg, getattr(self._connector, "is_closed", None))
+        self._state.waiters = _NotOpenWaitQueue()  # type: ignore[assignment]
+        self._label = f" {name!r}" if name else f" #{next(_pool_ids)}"
+        self._backend: Backend = None  # type: ignore[assignment]  # set by open()
+        self._opened = False
+        self._maintenance: TaskHandle | None = None
+        self._connects: dict[ConnectSlot, TaskHandle] = {}
+        self._pending_closes = 0
+        self._drained: Any = None
+        self._filled: Any = None
+
+    # -- introspection -------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once ``close()`` has begun."""
+        return self._state.closed
+
+    @property
+    def name(self) -> str | None:
+        return self._config.name
+
+    @property
+    def config(self) -> PoolConfig:
+        """The validated options this pool was built with."""
+        return self._config
+
+    @property
+    def connector(self) -> Connector[R]:
+        return self._connector
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of the pool's gauges and counters."""
+        st = self._state
+        return PoolStats(
+            size=st.size,
+            idle=len(st.idle),
+            in_use=st.in_use,
+            waiting=st.waiters.live,
+            min_size=self._config.min_size,
+            max_size=self._config.max_size,
+            acquired=st.acquired,
+            timeouts=st.timeouts,
+            rejected=st.rejected,
+            created=st.created,
+            destroyed=st.destroyed,
+            connect_errors=st.connect_errors,
+            health_failures=st.health_failures,
+        )
+
+    def __repr__(self) -> str:
+        st = self._state
+        status = "closed" if st.closed else ("open" if self._opened else "not open")
+        return (
+            f"<AsyncPool{self._label} {status} [resources: {st.in_use} in use, {len(st.idle)} idle, "
+            f"{st.connecting} connecting, {st.size}/{self._config.max_size} | waiting: {st.waiters.live}]>"
+        )
+
+    # -- opening ---------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncPool[R]:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Start maintenance and begin filling the pool to ``min_size``.
+
+        With ``wait=True``, return only once ``min_size`` resources exist;
+        after ``timeout`` (default: the pool's ``timeout``) raise
+        ``PoolTimeout`` with the last connect error as its cause.
+        """
+        self._open_now()
+        if not wait:
+            return
+        st = self._state
+        limit = self._config.timeout if timeout is None else timeout
+        try:
+            await self._backend.call_with_timeout(limit, self._wait_filled)
+        except TimeoutError:
+            exc = PoolTimeout(
+                f"pool{self._label} did not reach min_size={self._config.min_size} within {limit} s "
+                f"({st.size - st.connecting} created)"
+            )
+            raise exc from st.last_connect_error
+        if st.closed:
+            raise PoolClosed(f"the pool{self._label} was closed while opening")
+
+    async def _wait_filled(self) -> None:
+        st = self._state
+        while not st.closed and st.size - st.connecting < self._config.min_size:
+            self._filled = self._backend.event()
+            await self._filled.wait()
+
+    def _open_now(self) -> None:
+        st = self._state
+        if st.closed:
+            raise PoolClosed(f"the pool{self._label} is closed; pools cannot be reopened")
+        if self._opened:
+            self._backend.check_loop()
+            return
+        self._backend = backend = current_backend()
+        self._opened = True
+        st.now = backend.now
+        st.waiters = backend.wait_queue(st)
+        st.start_connect = self._start_connect
+        st.start_close = self._start_close
+        st.on_change = self._on_change
+        st.reset_counters()
+        self._inline_release = not self._background_reset and not backend.level_triggered
+        interval = self._config.health_check_interval
+        if interval is not None:
+            self._maintenance = backend.spawn(health_loop, weakref.ref(self), interval)
+        st.grow()
+
+    # -- hooks called by PoolState (synchronous; they only spawn) -------------
+
+    def _start_connect(self) -> None:
+        slot = ConnectSlot()
+        handle = self._backend.spawn(connect_worker, self, slot, on_done=lambda: self._connect_done(slot))
+        if not slot.settled:
+            self._connects[slot] = handle
+
+    def _connect_done(self, slot: ConnectSlot) -> None:
+        self._connects.pop(slot, None)
+        if not slot.settled:
+            # Cancelled (pool closing) or crashed: the place it held is free.
+            slot.settled = True
+            self._state.connect_abandoned()
+
+    def _start_close(self, entry: Entry[R]) -> None:
+        self._pending_closes += 1
+        self._backend.spawn(close_entry, self, entry, on_done=self._close_finished)
+
+    def _return_done(self, entry: Entry[R]) -> None:
+        if entry.state == RETURNING:
+            # The background clean-up never ran (cancelled before its first
+            # step, at loop shutdown): the resource cannot be trusted.
+            self._state.discard(entry)
+
+    def _close_finished(self) -> None:
+        self._pending_closes -= 1
+        self._on_change()
+
+    def _on_change(self) -> None:
+        st = self._state
+        if self._filled is not None and (st.closed or st.size - st.connecting >= self._config.min_size):
+            self._filled.set()
+        if self._drained is not None and st.size == 0 and self._pending_closes == 0:
+            self._drained.set()
+
+    # -- acquiring -------------------------------------------------------------
+
+    def acquire(self, timeout: float | None = None) -> Lease[R]:
+        """Borrow a resource: ``await`` it, or use it as ``async with``.
+
+        ``timeout`` (seconds) bounds the whole wait, including validation and
+        connecting; ``None`` means the pool's ``timeout``. Raises
+        ``PoolTimeout``, ``PoolBusy`` (``max_waiting`` reached) or
+        ``PoolClosed``.
+        """
+        return Lease(self, timeout)
+
+    def acquire_nowait(self) -> R:
+        """Lend an idle resource that needs no validation, or raise ``PoolBusy``."""
+        st = self._state
+        if st.closed:
+            raise PoolClosed(f"the pool{self._label} is closed")
+        if not st.waiters.live:
+            entry = st.checkout()
+            if entry is not None:
+                if entry.state == LEASED:
+                    return entry.resource
+                st.give_back(entry)
+        raise PoolBusy(f"no idle resource in pool{self._label}")
+
+    async def _acquire_resource(self, timeout: float | None) -> R:
+        st = self._state
+        entry = st.checkout() if st.idle and not st.waiters.live else None
+        if entry is None or entry.state != LEASED:
+            entry = await self._acquire_entry(timeout, entry)
+        return entry.resource
+
+    async def _acquire_entry(self, timeout: float | None, entry: Entry[R] | None) -> Entry[R]:
+        """The slow path: validate, wait, connect. ``entry`` may be an
+        ASSIGNED entry the fast path already took and that needs validation."""
+        st = self._state
+        if st.closed:
+            if entry is not None:
+                st.discard(entry)
+            raise PoolClosed(f"the pool{self._label} is closed")
+        if not self._opened:
+            self._open_now()
+        backend = self._backend
+        limit = self._config.timeout if timeout is None else timeout
+        if limit is not None and (limit < 0 or limit != limit):
+            if entry is not None:
+                st.give_back(entry)
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {limit!r}")
+        deadline = math.inf if limit is None else backend.now() + limit
+        while True:
+            if entry is None:
+                if not st.waiters.live:
+                    entry = st.checkout()
+                if entry is None:
+                    max_waiting = self._config.max_waiting
+                    if max_waiting is not None and st.waiters.live >= max_waiting:
+                        st.rejected += 1
+                        raise PoolBusy(
+                            f"pool{self._label} has {st.waiters.live} tasks waiting (max_waiting={max_waiting})"
+                        )
+                    entry = await st.waiters.wait(deadline)
+            if entry.state == LEASED:
+                return entry
+            if entry.suspect:
+                ok = await self._validate_assigned(entry, deadline)
+                if not ok:
+                    entry = None
+                    continue
+            st.lend(entry)
+            return entry
+
+    async def _validate_assigned(self, entry: Entry[R], deadline: float) -> bool:
+        st = self._state
+        backend = self._backend
+        limit = min(self._config.cleanup_timeout, max(0.0, deadline - backend.now()))
+        try:
+            ok = bool(await backend.call_with_timeout(limit, self._connector.validate, entry.resource))
+        except backend.cancelled:
+            # Interrupted mid-check: its state is unknown, so it is retired
+            # (and replaced if anyone needs one) rather than lent or kept.
+            st.discard(entry)
+            raise
+        except Exception as exc:
+            logger.info("pool%s: validation failed: %s: %s", self._label, type(exc).__name__, exc)
+            ok = False
+        st.validated(entry, ok)
+        return ok
+
+    # -- releasing -------------------------------------------------------------
+
+    async def release(self, resource: R, *, discard: bool = False) -> None:
+        """Give ``resource`` back: reset, then lent on or kept idle.
+
+        With ``discard=True`` (or if reset fails) it is closed instead and
+        replaced if anyone needs one. Raises ``PoolError``, changing nothing,
+        if this pool did not lend ``resource`` or it was already released.
+        """
+        st = self._state
+        entry = st.entries.get(id(resource))
+        if entry is None or entry.resource is not resource:
+            raise PoolError(f"release() of a resource that pool{self._label} did not lend")
+        if entry.state == CLOSED:
+            # Destroyed by close() under its borrower; nothing left to do.
+            del st.entries[entry.key]
+            return
+        if entry.state == RETURNING:
+            raise PoolError(f"release() of a resource that is already being released to pool{self._label}")
+        if entry.state != LEASED:
+            raise PoolError(f"release() of a resource that was already released to pool{self._label}")
+        if discard:
+            entry.state = RETURNING
+            st.discard(entry)
+            return
+        if self._background_reset:
+            self._return_later(entry, False)
+            return
+        await self._return(entry, False)
+
+    async def _release_entry(self, entry: Entry[R], exc: BaseException | None) -> None:
+        """Release on leaving ``async with``; ``exc`` is what left the block."""
+        if entry.state != LEASED:
+            if entry.state == CLOSED:
+                self._state.entries.pop(entry.key, None)
+            return
+        if exc is None:
+            if self._background_reset:
+                self._return_later(entry, False)
+            else:
+                await self._return(entry, False)
+        elif isinstance(exc, Exception):
+            await self._return(entry, True)
+        else:
+            # Cancelled (or KeyboardInterrupt, GeneratorExit): the caller must
+            # not be held up, and under level-triggered cancellation (trio,
+            # anyio) any await here would be cancelled at once. The clean-up
+            # runs in the background, bounded by cleanup_timeout.
+            self._return_later(entry, True)
+
+    async def _return(self, entry: Entry[R], suspect: bool) -> None:
+        st = self._state
+        entry.state = RETURNING
+        entry.suspect = suspect
+        try:
+            if self._backend.level_triggered:
+                # Under trio a release in a cancelled scope (a ``finally``
+                # after a cancellation) would otherwise always be cancelled.
+                ok = await self._backend.call_shielded(self._config.cleanup_timeout, self._reset_and_validate, entry)
+            elif suspect:
+                ok = await self._reset_and_validate(entry)
+            else:
+                if self._reset is not None:
+                    await self._reset(entry.resource)
+                st.checkin(entry)
+                return
+        except BaseException as exc:
+            self._reset_failed(entry, exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        if ok:
+            st.checkin(entry)
+        else:
+            st.health_failures += 1
+            st.discard(entry)
+
+    def _reset_failed(self, entry: Entry[R], exc: BaseException) -> None:
+        """Reset (or post-error validation) raised or was cancelled.
+
+        Either way the resource is half-cleaned: it is closed in the
+        background and replaced, never lent in that state. A reset error is
+        the pool's business, not the releasing caller's, so only a
+        cancellation (or other ``BaseException``) propagates.
+        """
+        if isinstance(exc, Exception):
+            logger.info(
+                "pool%s: discarding a resource whose reset failed: %s: %s", self._label, type(exc).__name__, exc
+            )
+        self._state.discard(entry)
+
+    async def _reset_and_validate(self, entry: Entry[R]) -> bool:
+        if self._reset is not None:
+            await self._reset(entry.resource)
+        if not entry.suspect:
+            return True
+        return bool(await self._connector.validate(entry.resource))
+
+    def _return_later(self, entry: Entry[R], suspect: bool) -> None:
+        """Hand a released entry to a background task for its clean-up."""
+        entry.state = RETURNING
+        entry.suspect = suspect
+        self._backend.spawn(return_in_background, self, entry, on_done=lambda: self._return_done(entry))
+
+    # -- closing ---------------------------------------------------------------
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Close the pool; idempotent.
+
+        New ``acquire()`` calls and all waiters get ``PoolClosed``; idle
+        resources are closed at once; lent ones when they are released, or
+        forcibly once ``timeout`` seconds have passed (``None``: wait for
+        them). Cancelling ``close()`` stops only the waiting: resources are
+        still closed, each exactly once, as they come back.
+        """
+        st = self._state
+        if not self._opened:
+            st.closed = True
+            return
+        if not st.closed:
+            self._drained = self._backend.event()
+            st.begin_close()
+            if self._maintenance is not None:
+                self._maintenance.cancel()
+            for handle in list(self._connects.values()):
+                handle.cancel()
+            self._on_change()
+        drained = self._drained
+        if drained is None or drained.is_set():
+            return
+        if timeout is None:
+            await drained.wait()
+            return
+        try:
+            await self._backend.call_with_timeout(timeout, drained.wait)
+        except TimeoutError:
+            logger.warning(
+                "pool%s: %d resources still lent after %s s; closing them under their borrowers",
+                self._label,
+                st.in_use,
+                timeout,
+            )
+            st.force_close()
+            await drained.wait()

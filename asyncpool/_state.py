@@ -1,0 +1,399 @@
+"""Every decision the pool makes, in plain synchronous code.
+
+Who gets which resource, when to create one, when to retire one: all of it
+happens here, in methods that never await. A cancellation can only land at an
+``await``, so it can never interrupt one of these state changes half-way; the
+async shell in ``_pool.py`` awaits the connector and then calls in here to
+record the outcome. The I/O these decisions call for (connecting, closing)
+is started through two synchronous hooks that spawn background tasks.
+
+Accounting, true at every instant::
+
+    size == len(idle) + in_use + checking + connecting <= max_size
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ._config import PoolConfig
+from ._errors import PoolClosed, PoolTimeout
+
+if TYPE_CHECKING:
+    from ._backends import WaitQueue
+
+__all__ = ["ASSIGNED", "CHECKING", "CLOSED", "IDLE", "LEASED", "RETURNING", "Entry", "PoolState"]
+
+R = TypeVar("R")
+logger = logging.getLogger("asyncpool")
+
+# Where an entry is. ``in_use`` counts ASSIGNED, LEASED and RETURNING.
+IDLE = 0  #: in ``idle``, ready to lend
+ASSIGNED = 1  #: taken for one acquirer, not yet lent (being validated, or handed over)
+LEASED = 2  #: lent to a caller
+RETURNING = 3  #: released, being reset
+CHECKING = 4  #: taken out of ``idle`` by the health check
+CLOSED = 5  #: gone for good (its close() runs or ran)
+
+_STATE_NAMES = ("idle", "assigned", "leased", "returning", "checking", "closed")
+
+#: Lifetimes are shortened by up to this fraction, at random, so resources
+#: created together do not all expire together.
+LIFETIME_JITTER = 0.1
+
+
+class Entry(Generic[R]):
+    """The pool's record of one resource."""
+
+    __slots__ = ("created_at", "expires_at", "idle_since", "key", "last_ok", "resource", "serial", "state", "suspect")
+
+    def __init__(self, resource: R, now: float, lifetime: float | None) -> None:
+        self.resource = resource
+        self.key = id(resource)
+        self.created_at = now
+        self.expires_at = math.inf if lifetime is None else now + lifetime * (1.0 - LIFETIME_JITTER * random.random())
+        #: When it was last known to work (created, reset or validated).
+        self.last_ok = now
+        self.idle_since = now
+        self.state = ASSIGNED
+        #: Bumped on every lend, so a stale lease cannot release a later one.
+        self.serial = 0
+        #: Must be validated before anyone gets it.
+        self.suspect = False
+
+    def __repr__(self) -> str:
+        return f"<Entry {type(self.resource).__name__} {_STATE_NAMES[self.state]}>"
+
+
+class PoolState(Generic[R]):
+    """The bookkeeping and decisions of one pool (no awaits in here)."""
+
+    __slots__ = (
+        "_is_closed",
+        "acquired",
+        "cfg",
+        "checking",
+        "closed",
+        "connect_errors",
+        "connecting",
+        "created",
+        "destroyed",
+        "entries",
+        "health_failures",
+        "idle",
+        "last_connect_error",
+        "now",
+        "on_change",
+        "rejected",
+        "size",
+        "start_close",
+        "start_connect",
+        "timeouts",
+        "waiters",
+    )
+
+    def __init__(self, config: PoolConfig, is_closed: Callable[[R], bool] | None) -> None:
+        self.cfg = config
+        self._is_closed = is_closed
+        self.idle: deque[Entry[R]] = deque()
+        #: Every entry that exists, by ``id(resource)``, so ``release()`` can
+        #: find it; plus lent ones that ``close()`` destroyed under their
+        #: borrower, until they are released.
+        self.entries: dict[int, Entry[R]] = {}
+        self.size = 0
+        self.checking = 0
+        self.connecting = 0
+        self.closed = False
+        #: Set while the latest connect attempt failed.
+        self.last_connect_error: BaseException | None = None
+        self.now: Callable[[], float] = _no_clock
+        self.waiters: WaitQueue = None  # type: ignore[assignment]  # set by open()
+        # Hooks into the async shell; each only spawns a background task.
+        self.start_connect: Callable[[], None] = _nothing
+        self.start_close: Callable[[Entry[R]], None] = _nothing
+        self.on_change: Callable[[], None] = _nothing
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.acquired = 0
+        self.timeouts = 0
+        self.rejected = 0
+        self.created = 0
+        self.destroyed = 0
+        self.connect_errors = 0
+        self.health_failures = 0
+
+    @property
+    def in_use(self) -> int:
+        """Entries lent, or assigned to an acquirer, or being reset.
+
+        Derived rather than counted, so the hot path has one counter less to
+        keep right.
+        """
+        return self.size - len(self.idle) - self.checking - self.connecting
+
+    # -- lending ------------------------------------------------------------
+
+    def checkout(self) -> Entry[R] | None:
+        """Take the warmest idle entry, or ``None``.
+
+        The entry comes back LEASED when it can be lent at once, or ASSIGNED
+        with ``suspect`` set when it must be validated first. Expired entries
+        and ones the connector knows are closed are retired on the way.
+        """
+        idle = self.idle
+        now = self.now()
+        validate_after = self.cfg.validate_after
+        while idle:
+            entry = idle.pop()
+            if entry.expires_at <= now or (self._is_closed is not None and self._known_closed(entry)):
+                entry.state = ASSIGNED
+                self.discard(entry)
+                continue
+            if validate_after is not None and now - entry.last_ok > validate_after:
+                entry.state = ASSIGNED
+                entry.suspect = True
+                return entry
+            entry.state = LEASED
+            entry.serial += 1
+            self.acquired += 1
+            return entry
+        return None
+
+    def _known_closed(self, entry: Entry[R]) -> bool:
+        try:
+            dead = self._is_closed(entry.resource)  # type: ignore[misc]
+        except Exception:
+            logger.exception("is_closed() raised; treating the resource as dead")
+            dead = True
+        if dead:
+            self.health_failures += 1
+        return dead
+
+    def lend(self, entry: Entry[R]) -> None:
+        """An ASSIGNED entry goes to its acquirer."""
+        if self.closed:
+            self.discard(entry)
+            raise PoolClosed("the pool was closed")
+        entry.state = LEASED
+        entry.suspect = False
+        entry.serial += 1
+        self.acquired += 1
+
+    def validated(self, entry: Entry[R], ok: bool) -> None:
+        """Outcome of validating an ASSIGNED entry."""
+        if ok:
+            entry.last_ok = self.now()
+            entry.suspect = False
+        else:
+            self.health_failures += 1
+            self.discard(entry)
+
+    def checkin(self, entry: Entry[R]) -> None:
+        """A RETURNING entry was reset: lend it on, keep it, or retire it."""
+        if entry.state == CLOSED:
+            # close() destroyed it while it was being reset.
+            self.entries.pop(entry.key, None)
+            return
+        now = self.now()
+        if self.closed or entry.expires_at <= now:
+            self.discard(entry)
+            return
+        entry.last_ok = now
+        entry.suspect = False
+        entry.state = ASSIGNED
+        if self.waiters.live and self.waiters.hand_over(entry):
+            return
+        entry.state = IDLE
+        entry.idle_since = now
+        self.idle.append(entry)
+
+    def give_back(self, entry: Entry[R]) -> None:
+        """A waiter was handed ``entry`` and gave up before taking it."""
+        if self.closed:
+            self.discard(entry)
+        else:
+            self._place(entry, self.now())
+
+    def checked(self, entry: Entry[R], ok: bool) -> None:
+        """Outcome of a health check on a CHECKING entry."""
+        if not ok:
+            self.health_failures += 1
+            self.discard(entry)
+            return
+        self.checking -= 1
+        entry.state = ASSIGNED
+        entry.last_ok = self.now()
+        if self.closed:
+            self.discard(entry)
+        elif self.waiters.live and self.waiters.hand_over(entry):
+            return
+        else:
+            # Back where it came from: the old end, so its idle age still
+            # decides when it is evicted.
+            entry.state = IDLE
+            self.idle.appendleft(entry)
+
+    def _place(self, entry: Entry[R], now: float) -> None:
+        """An in-use entry is free: the longest waiter gets it, else it idles."""
+        entry.state = ASSIGNED
+        if self.waiters.live and self.waiters.hand_over(entry):
+            return
+        entry.state = IDLE
+        entry.idle_since = now
+        self.idle.append(entry)
+
+    # -- creating and retiring ---------------------------------------------
+
+    def grow(self) -> None:
+        """Start connects for waiters nobody is connecting for, and up to min_size."""
+        if self.closed:
+            return
+        cfg = self.cfg
+        need = max(self.waiters.live - self.connecting, cfg.min_size - self.size)
+        room = cfg.max_size - self.size
+        for _ in range(min(need, room)):
+            self.size += 1
+            self.connecting += 1
+            self.start_connect()
+
+    def waiter_enqueued(self) -> None:
+        if self.size < self.cfg.max_size and self.waiters.live > self.connecting:
+            self.grow()
+
+    def connected(self, resource: R) -> Entry[R]:
+        """A connect attempt produced ``resource``."""
+        self.connecting -= 1
+        self.created += 1
+        self.last_connect_error = None
+        now = self.now()
+        entry = Entry(resource, now, self.cfg.max_lifetime)
+        self.entries[entry.key] = entry
+        if self.closed:
+            self.discard(entry)
+        else:
+            self._place(entry, now)
+        self.on_change()
+        return entry
+
+    def connect_failed(self, exc: BaseException) -> bool:
+        """A connect attempt failed; ``True`` if it should be retried."""
+        self.connect_errors += 1
+        self.last_connect_error = exc
+        return self.keep_connecting()
+
+    def keep_connecting(self) -> bool:
+        """Is a connect slot still wanted? If not, give it up."""
+        if not self.closed and (self.waiters.live >= self.connecting or self.size <= self.cfg.min_size):
+            return True
+        self.connect_abandoned()
+        return False
+
+    def connect_abandoned(self) -> None:
+        self.connecting -= 1
+        self.size -= 1
+        self.on_change()
+
+    def discard(self, entry: Entry[R]) -> None:
+        """Retire an entry that is not in ``idle``; close it in the background.
+
+        Safe to call twice: the second call does nothing, so a resource is
+        closed exactly once however many paths find it dead.
+        """
+        state = entry.state
+        if state == CLOSED:
+            return
+        if state == CHECKING:
+            self.checking -= 1
+        if state != LEASED or not self.closed:
+            # A lent entry destroyed by close() stays known until released,
+            # so that release() is a harmless no-op rather than an error.
+            self.entries.pop(entry.key, None)
+        entry.state = CLOSED
+        self.size -= 1
+        self.destroyed += 1
+        self.start_close(entry)
+        self.grow()
+        self.on_change()
+
+    def evict_idle(self) -> None:
+        """Retire idle entries past their lifetime, or idle too long above min_size."""
+        now = self.now()
+        max_idle = self.cfg.max_idle
+        keep: deque[Entry[R]] = deque()
+        retire: list[Entry[R]] = []
+        surplus = self.size - self.cfg.min_size
+        # Oldest-idle first, so a surplus is trimmed from the cold end.
+        for entry in self.idle:
+            if entry.expires_at <= now:
+                retire.append(entry)
+            elif max_idle is not None and surplus > 0 and now - entry.idle_since > max_idle:
+                retire.append(entry)
+                surplus -= 1
+            else:
+                keep.append(entry)
+        if retire:
+            self.idle = keep
+            for entry in retire:
+                self.discard(entry)
+
+    def take_for_check(self, entry: Entry[R]) -> bool:
+        """Take an idle entry out for a health check, if it is still idle."""
+        if entry.state != IDLE:
+            return False
+        try:
+            self.idle.remove(entry)
+        except ValueError:  # pragma: no cover - defensive
+            return False
+        entry.state = CHECKING
+        self.checking += 1
+        return True
+
+    # -- waiting -------------------------------------------------------------
+
+    def timeout_error(self) -> BaseException:
+        self.timeouts += 1
+        exc = PoolTimeout(
+            f"no resource became available in time (pool{self._label()}: "
+            f"{self.in_use} in use, {len(self.idle)} idle, {self.connecting} connecting, "
+            f"max_size={self.cfg.max_size})"
+        )
+        if self.last_connect_error is not None:
+            # The pool was trying to connect for this waiter and failing:
+            # that failure is the real reason, so chain it.
+            exc.__cause__ = self.last_connect_error
+        return exc
+
+    def _label(self) -> str:
+        return f" {self.cfg.name!r}" if self.cfg.name else ""
+
+    # -- closing -----------------------------------------------------------
+
+    def begin_close(self) -> None:
+        """Refuse new work, wake all waiters, retire idle entries."""
+        self.closed = True
+        label = self._label()
+        self.waiters.fail_all(lambda: PoolClosed(f"the pool{label} was closed"))
+        idle, self.idle = self.idle, deque()
+        for entry in idle:
+            self.discard(entry)
+        self.on_change()
+
+    def force_close(self) -> None:
+        """Destroy every lent entry under its borrower (close timeout passed)."""
+        for entry in list(self.entries.values()):
+            if entry.state in (LEASED, RETURNING):
+                self.discard(entry)
+
+
+def _nothing(*args: object) -> None:
+    return None
+
+
+def _no_clock() -> float:
+    raise RuntimeError("the pool is not open")
