@@ -243,8 +243,11 @@ class AsyncPool(Generic[R]):
         self._pending_closes += 1
         self._backend.spawn(close_entry, self, entry, on_done=self._close_finished)
 
-    def _return_done(self, entry: Entry[R]) -> None:
-        if entry.state == RETURNING:
+    def _return_done(self, entry: Entry[R], serial: int) -> None:
+        # ``serial`` tells this release from a later one: by the time this
+        # callback runs, the entry may already have been lent and released
+        # again, and that newer clean-up must not be cut short.
+        if entry.state == RETURNING and entry.serial == serial:
             # The background clean-up never ran (cancelled before its first
             # step, at loop shutdown): the resource cannot be trusted.
             self._state.discard(entry)
@@ -450,7 +453,8 @@ class AsyncPool(Generic[R]):
         """Hand a released entry to a background task for its clean-up."""
         entry.state = RETURNING
         entry.suspect = suspect
-        self._backend.spawn(return_in_background, self, entry, on_done=lambda: self._return_done(entry))
+        serial = entry.serial
+        self._backend.spawn(return_in_background, self, entry, on_done=lambda: self._return_done(entry, serial))
 
     # -- closing ---------------------------------------------------------------
 

@@ -39,7 +39,7 @@ _Future = asyncio.Future
 class AsyncioWaitQueue:
     """A FIFO of futures; see the module docstring for the deadline timer."""
 
-    __slots__ = ("_loop", "_owner", "_queue", "_tail_deadline", "_timer", "live")
+    __slots__ = ("_loop", "_owner", "_queue", "_tail_deadline", "_timer", "_timer_at", "live")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: WaitOwner) -> None:
         self._loop = loop
@@ -49,6 +49,7 @@ class AsyncioWaitQueue:
         self._queue: deque[tuple[float, _Future[Entry[Any]]]] = deque()
         self._tail_deadline = -math.inf
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self.live = 0
 
     def __len__(self) -> int:
@@ -65,8 +66,10 @@ class AsyncioWaitQueue:
         own_timer: asyncio.TimerHandle | None = None
         if deadline >= self._tail_deadline:
             self._tail_deadline = deadline
-            if self._timer is None and deadline != math.inf:
-                self._timer = loop.call_later(deadline - now, self._expire_due)
+            if deadline < self._timer_at:
+                # Rare: only when the queue drained and refilled since the
+                # timer was armed for a later deadline than this one.
+                self._arm(deadline, now)
         else:
             own_timer = loop.call_later(deadline - now, self._expire_one, fut)
         self._queue.append((deadline, fut))
@@ -118,6 +121,7 @@ class AsyncioWaitQueue:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = math.inf
 
     def _reset(self) -> None:
         # Nobody waits: the remaining futures are all finished, and the next
@@ -140,8 +144,15 @@ class AsyncioWaitQueue:
             self._expire(fut)
             self._after_removal()
 
+    def _arm(self, deadline: float, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(deadline - now, self._expire_due)
+        self._timer_at = deadline
+
     def _expire_due(self) -> None:
         self._timer = None
+        self._timer_at = math.inf
         queue = self._queue
         now = time.monotonic()
         while queue:
@@ -153,7 +164,7 @@ class AsyncioWaitQueue:
                 self._expire(fut)
             else:
                 if deadline != math.inf:
-                    self._timer = self._loop.call_later(deadline - now, self._expire_due)
+                    self._arm(deadline, now)
                 break
         if not self.live:
             self._reset()

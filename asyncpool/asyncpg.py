@@ -1,0 +1,889 @@
+"""PostgreSQL through asyncpg: a connector, and a drop-in ``create_pool``.
+
+:class:`AsyncpgConnector` teaches :class:`asyncpool.AsyncPool` how to open,
+check, clean and close ``asyncpg`` connections::
+
+    pool = AsyncPool(AsyncpgConnector("postgresql://app@db/app"), max_size=20)
+    async with pool, pool.acquire() as conn:
+        await conn.fetch("SELECT ...")
+
+:func:`create_pool` takes ``asyncpg.create_pool``'s arguments and returns a
+:class:`Pool` with ``asyncpg.Pool``'s methods, so existing code switches by
+changing one import.
+
+What "clean" means is the reset policy, chosen per connector:
+
+``"full"`` (the default)
+    Roll back an open transaction, then drop all session state in one round
+    trip: ``SET SESSION AUTHORIZATION DEFAULT``, ``RESET ROLE``,
+    ``RESET ALL``, ``CLOSE ALL``, ``UNLISTEN *``,
+    ``pg_advisory_unlock_all()``, ``DISCARD TEMP``, ``DISCARD SEQUENCES``.
+    That is ``DISCARD ALL`` without ``DEALLOCATE ALL`` and
+    ``DISCARD PLANS``, which would throw away asyncpg's statement cache (and
+    ``DISCARD ALL`` cannot run in the implicit transaction of a
+    multi-statement query anyway). It costs a round trip, so the pool runs
+    it in the background: the releasing task does not wait for it.
+``"rollback"``
+    Only roll back an open transaction. asyncpg knows the transaction state
+    locally, so releasing an idle connection costs no round trip at all;
+    but a ``SET``, ``SET ROLE``, temporary table, advisory lock or
+    ``LISTEN`` made by one borrower is seen by the next.
+
+Behind PgBouncer in transaction mode (``pgbouncer=True``) session state does
+not belong to the client, so only the rollback is done, and asyncpg's
+statement cache is off (``statement_cache_size=0``, asyncpg's documented
+setting for PgBouncer): it then uses unnamed statements only, so no named
+prepared statement outlives a transaction.
+
+A lease whose task was cancelled while a query was in flight leaves asyncpg
+waiting for the server to acknowledge the cancellation. Before such a
+connection is lent again, reset waits a short, bounded time for that to
+settle and then proves the connection works with a round trip; if it does
+not settle, the connection is terminated and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, final
+from urllib.parse import unquote, urlsplit
+
+try:
+    import asyncpg
+    import asyncpg.exceptions
+except ImportError as _exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "asyncpool.asyncpg needs asyncpg; install it with: pip install 'asyncpool-core[asyncpg]'"
+    ) from _exc
+
+from ._connector import Connector
+from ._lease import Lease
+from ._pool import AsyncPool
+from ._stats import PoolStats
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Connection: TypeAlias = asyncpg.Connection[Any]
+    ConnHook: TypeAlias = Callable[[Connection], Awaitable[object]]
+
+__all__ = ["AsyncpgConnector", "Pool", "PoolAcquireContext", "create_pool"]
+
+logger = logging.getLogger("asyncpool.asyncpg")
+
+ResetPolicy = Literal["full", "rollback"]
+
+#: Everything a session can carry over to the next borrower, in one round
+#: trip. Session authorization first, so the rest runs as the login role.
+FULL_RESET_QUERY = (
+    "SET SESSION AUTHORIZATION DEFAULT;"
+    "RESET ROLE;"
+    "RESET ALL;"
+    "CLOSE ALL;"
+    "UNLISTEN *;"
+    "SELECT pg_advisory_unlock_all();"
+    "DISCARD TEMP;"
+    "DISCARD SEQUENCES;"
+)
+_ROLLBACK = "ROLLBACK"
+_PING = "SELECT 1"
+
+#: Connect errors that retrying will not cure: ``create_pool`` raises them at
+#: once instead of retrying until its timeout, as ``asyncpg.create_pool`` does.
+_PERMANENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # includes a wrong password
+    asyncpg.exceptions.InvalidCatalogNameError,  # no such database
+    asyncpg.exceptions.ClientConfigurationError,
+    ValueError,
+    TypeError,
+)
+
+_CONNECT_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters) - {"dsn"}
+
+
+class _Retire(Exception):
+    """Raised by reset: this connection must be closed, not lent again."""
+
+
+# -- secrets -------------------------------------------------------------------
+
+
+class _Secrets:
+    """The passwords in a connector's arguments, and how to keep them out of
+    reprs, log records and exception messages."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+
+    def add_from(self, dsn: str | None, connect_kwargs: dict[str, Any]) -> None:
+        password = connect_kwargs.get("password")
+        if isinstance(password, str):
+            self._add(password)
+        if dsn:
+            for raw in _dsn_passwords(dsn):
+                self._add(raw)
+                self._add(unquote(raw))
+
+    def _add(self, value: str) -> None:
+        if value:
+            self._values.add(value)
+
+    def mask(self, text: str) -> str:
+        # Longest first, so a password that contains another is fully masked.
+        for value in sorted(self._values, key=len, reverse=True):
+            if value in text:
+                text = text.replace(value, "***")
+        return text
+
+    def leaks(self, exc: BaseException) -> bool:
+        if not self._values:
+            return False
+        for link in _exception_chain(exc):
+            text = f"{link!s} {link.args!r}"
+            if any(value in text for value in self._values):
+                return True
+        return False
+
+    def scrub(self, exc: BaseException) -> BaseException:
+        """``exc`` itself if no password is in it or its chain, else a copy of
+        the same type (where it can be built) with the password masked and
+        without the chain."""
+        if not self.leaks(exc):
+            return exc
+        message = self.mask(str(exc))
+        try:
+            clean = type(exc)(message)
+        except Exception:
+            clean = ConnectionError(message)
+        if self.leaks(clean):  # pragma: no cover - a type that re-adds it
+            clean = ConnectionError(f"{type(exc).__name__} (message withheld: it contained a password)")
+        clean.__suppress_context__ = True
+        return clean
+
+
+def _dsn_passwords(dsn: str) -> list[str]:
+    found: list[str] = []
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        parts = None
+    netloc = parts.netloc if parts is not None else dsn
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    found.extend(m.group(1) for m in re.finditer(r"(?:^|[?&\s])password=([^&\s]*)", dsn))
+    return found
+
+
+def _mask_dsn(dsn: str) -> str:
+    """``dsn`` with its password, in the user part or the query, as ``***``."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparsable dsn>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hosts = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hosts}"
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _exception_chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ if link.__cause__ is not None else link.__context__
+
+
+# -- the connector -------------------------------------------------------------
+
+
+@final
+class AsyncpgConnector(Connector["Connection"]):
+    """Open, check, reset and close ``asyncpg`` connections for a pool.
+
+    ``dsn`` and ``connect_kwargs`` go to ``asyncpg.connect``.
+
+    * ``pgbouncer=True``: safe behind PgBouncer in transaction mode
+      (``statement_cache_size=0``, and reset only rolls back).
+    * ``reset``: ``"full"`` (default) or ``"rollback"``, see the module
+      docstring; or an ``async (conn)`` function that runs after the
+      rollback instead of the full reset query (asyncpg's ``reset=``).
+    * ``init``: ``async (conn)``, once per new connection (type codecs).
+      Note that the full reset undoes ``SET`` commands run there; use
+      ``server_settings`` for session settings.
+    * ``setup``: ``async (conn)``, run on every lease by the :class:`Pool`
+      that :func:`create_pool` returns. The :class:`~asyncpool.Connector`
+      protocol has no per-lease hook, so a bare :class:`~asyncpool.AsyncPool`
+      does not call it.
+    * ``validate_timeout``: bound on the validation round trip, and on the
+      wait for an interrupted query's cancellation to settle.
+    * ``reset_timeout``: bound on the reset round trip and on a graceful close.
+    * ``max_queries``: retire a connection once it has run this many queries
+      (checked when it is released).
+
+    The password in ``dsn`` or ``password=`` never appears in this object's
+    repr, in its log records, or in the connect errors it raises.
+    """
+
+    __slots__ = (
+        "_connect_fn",
+        "_connect_kwargs",
+        "_dsn",
+        "_generation",
+        "_init",
+        "_live",
+        "_max_queries",
+        "_pgbouncer",
+        "_policy",
+        "_reset_fn",
+        "_reset_timeout",
+        "_secrets",
+        "_validate_timeout",
+        "background_reset",
+        "setup",
+    )
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pgbouncer: bool = False,
+        reset: ResetPolicy | ConnHook = "full",
+        init: ConnHook | None = None,
+        setup: ConnHook | None = None,
+        validate_timeout: float = 2.0,
+        reset_timeout: float = 5.0,
+        max_queries: int | None = None,
+        connect: Callable[..., Awaitable[Connection]] | None = None,
+        **connect_kwargs: Any,
+    ) -> None:
+        if not callable(reset) and reset not in ("full", "rollback"):
+            raise ValueError(f"reset must be 'full', 'rollback' or an async function, got {reset!r}")
+        for option, value in (("validate_timeout", validate_timeout), ("reset_timeout", reset_timeout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{option} must be a number of seconds > 0, got {value!r}")
+        if max_queries is not None and (not isinstance(max_queries, int) or max_queries < 1):
+            raise ValueError(f"max_queries must be an int >= 1 or None, got {max_queries!r}")
+        self._pgbouncer = bool(pgbouncer)
+        self._secrets = _Secrets()
+        self._dsn: str | None = None
+        self._connect_kwargs: dict[str, Any] = {}
+        self.set_connect_args(dsn, **connect_kwargs)
+        self._connect_fn = connect
+        self._init = init
+        #: The per-lease hook; see the class docstring.
+        self.setup = setup
+        self._reset_fn: ConnHook | None = reset if callable(reset) else None
+        # Behind PgBouncer the session is not ours to reset: rollback only.
+        policy: str = "custom" if callable(reset) else reset
+        if self._pgbouncer and policy == "full":
+            policy = "rollback"
+        self._policy = policy
+        #: Tells the pool to run reset off the releasing caller's path: worth
+        #: it when reset is a round trip, not when it is (usually) free.
+        self.background_reset = policy != "rollback"
+        self._validate_timeout = float(validate_timeout)
+        self._reset_timeout = float(reset_timeout)
+        self._max_queries = max_queries
+        # Connections this connector opened and has not closed yet, with the
+        # generation they were opened in (see ``expire_connections``).
+        self._live: dict[int, tuple[Connection, int]] = {}
+        self._generation = 0
+
+    def __repr__(self) -> str:
+        if self._dsn is not None:
+            target = repr(_mask_dsn(self._dsn))
+        else:
+            shown = {k: v for k, v in self._connect_kwargs.items() if k in ("host", "port", "user", "database")}
+            target = " ".join(f"{k}={v!r}" for k, v in shown.items()) or "(from the environment)"
+        text = f"<AsyncpgConnector {target} reset={self._policy!r}{' pgbouncer' if self._pgbouncer else ''}>"
+        return self._secrets.mask(text)
+
+    @property
+    def reset_policy(self) -> str:
+        """``"full"``, ``"rollback"`` or ``"custom"``: what reset really does."""
+        return self._policy
+
+    @property
+    def pgbouncer(self) -> bool:
+        return self._pgbouncer
+
+    @property
+    def connect_kwargs(self) -> dict[str, Any]:
+        """A copy of what goes to ``asyncpg.connect`` besides the DSN."""
+        return dict(self._connect_kwargs)
+
+    def set_connect_args(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
+        """Use these arguments for connections opened from now on."""
+        unknown = set(connect_kwargs) - _CONNECT_PARAMETERS
+        if unknown:
+            raise TypeError(f"asyncpg.connect() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        if self._pgbouncer:
+            cache = connect_kwargs.setdefault("statement_cache_size", 0)
+            if cache != 0:
+                raise ValueError(
+                    f"pgbouncer=True needs statement_cache_size=0 (named prepared statements do not survive "
+                    f"PgBouncer's transaction mode), got statement_cache_size={cache!r}"
+                )
+        self._secrets.add_from(dsn, connect_kwargs)
+        self._dsn = dsn
+        self._connect_kwargs = connect_kwargs
+
+    # -- the Connector protocol --------------------------------------------
+
+    async def connect(self) -> Connection:
+        generation = self._generation
+        try:
+            if self._connect_fn is not None:
+                conn = await self._connect_fn(self._dsn, **self._connect_kwargs)
+            else:
+                conn = await asyncpg.connect(self._dsn, **self._connect_kwargs)
+        except Exception as exc:
+            clean = self._secrets.scrub(exc)
+            if clean is exc:
+                raise
+            raise clean from None
+        if self._init is not None:
+            try:
+                await self._init(conn)
+            except BaseException as exc:
+                conn.terminate()
+                clean = self._secrets.scrub(exc)
+                if clean is exc:
+                    raise
+                raise clean from None
+        self._live[id(conn)] = (conn, generation)
+        return conn
+
+    def is_closed(self, conn: Connection) -> bool:
+        """Known dead from local state alone (the pool asks on every lend)."""
+        return conn.is_closed()
+
+    async def validate(self, conn: Connection) -> bool:
+        """A ``SELECT 1`` round trip under ``validate_timeout``; a connection
+        asyncpg already knows is closed fails without one."""
+        if conn.is_closed():
+            return False
+        try:
+            if conn._protocol._is_cancelling():  # type: ignore[attr-defined]
+                await self._settle(conn)
+            await conn.execute(_PING, timeout=self._validate_timeout)
+        except Exception as exc:
+            logger.debug("validation failed: %s: %s", type(exc).__name__, self._secrets.mask(str(exc)))
+            # Whatever it was doing, nobody will use it again: drop it now
+            # rather than wait for a graceful close that may hang too.
+            conn.terminate()
+            return False
+        return True
+
+    async def reset(self, conn: Connection) -> None:
+        """Make ``conn`` clean for the next borrower, per the reset policy;
+        raising makes the pool close it instead."""
+        if conn.is_closed():
+            raise _Retire("connection is closed")
+        protocol = conn._protocol  # type: ignore[attr-defined]
+        interrupted = protocol._is_cancelling()
+        if interrupted:
+            # The last borrower was cancelled mid-query: asyncpg has asked the
+            # server to cancel it and must see that through before the
+            # connection can run anything else.
+            await self._settle(conn)
+        if self._max_queries is not None and protocol.queries_count >= self._max_queries:
+            raise _Retire(f"connection ran {protocol.queries_count} queries (max_queries={self._max_queries})")
+        if self.is_expired(conn):
+            raise _Retire("connection was expired by expire_connections()")
+        policy = self._policy
+        if policy == "rollback":
+            if _forget_transaction(conn):
+                await self._run(conn, _ROLLBACK)
+            elif interrupted:
+                await self._run(conn, _PING)
+        elif policy == "full":
+            query = FULL_RESET_QUERY
+            if _forget_transaction(conn):
+                query = f"{_ROLLBACK};{query}"
+            _forget_listeners(conn)
+            await self._run(conn, query)
+        else:
+            if _forget_transaction(conn):
+                await self._run(conn, _ROLLBACK)
+            _forget_listeners(conn)
+            try:
+                await self._reset_fn(conn)  # type: ignore[misc]
+            except BaseException:
+                conn.terminate()
+                raise
+
+    async def close(self, conn: Connection) -> None:
+        self._live.pop(id(conn), None)
+        if conn.is_closed() or conn._protocol._is_cancelling():  # type: ignore[attr-defined]
+            # Nothing to say goodbye to, or a query whose cancellation is
+            # still pending: asyncpg would wait for it. Just drop the socket.
+            conn.terminate()
+            return
+        try:
+            await conn.close(timeout=self._reset_timeout)
+        except Exception as exc:
+            # asyncpg has aborted the connection by now; the socket is gone.
+            logger.debug("graceful close failed: %s: %s", type(exc).__name__, self._secrets.mask(str(exc)))
+            conn.terminate()
+
+    # -- generations and termination (used by create_pool's Pool) -----------
+
+    def expire_connections(self) -> None:
+        """Connections opened before this call are closed instead of reused:
+        when next released, and by :class:`Pool` when next acquired."""
+        self._generation += 1
+
+    def is_expired(self, conn: Connection) -> bool:
+        if not self._generation:
+            return False
+        found = self._live.get(id(conn))
+        return found is not None and found[1] != self._generation
+
+    def terminate_all(self) -> None:
+        """Drop every open connection this connector made, at once."""
+        for conn, _generation in list(self._live.values()):
+            conn.terminate()
+
+    # -- internals -----------------------------------------------------------
+
+    async def _run(self, conn: Connection, query: str) -> None:
+        try:
+            await conn.execute(query, timeout=self._reset_timeout)
+        except BaseException:
+            # Failed or interrupted half-way: its state is unknown.
+            conn.terminate()
+            raise
+
+    async def _settle(self, conn: Connection) -> None:
+        bound = self._validate_timeout
+        try:
+            await asyncio.wait_for(conn._protocol._wait_for_cancellation(), bound)  # type: ignore[attr-defined]
+        except asyncio.TimeoutError:
+            conn.terminate()
+            raise _Retire(f"a cancelled query did not stop within {bound} s; connection terminated") from None
+        except BaseException:
+            conn.terminate()
+            raise
+        if conn.is_closed():
+            raise _Retire("connection closed while its cancelled query settled")
+
+
+def _forget_transaction(conn: Connection) -> bool:
+    """Forget asyncpg's view of an open transaction; ``True`` if the server
+    has one that needs a ``ROLLBACK``."""
+    if conn._top_xact is not None:  # type: ignore[attr-defined]
+        # A Transaction object left unfinished: the next borrower's
+        # ``conn.transaction()`` must start a new top-level transaction.
+        conn._top_xact = None  # type: ignore[attr-defined]
+    return conn.is_in_transaction()
+
+
+def _forget_listeners(conn: Connection) -> None:
+    # The callbacks of ``add_listener`` and ``add_log_listener`` belong to
+    # the borrower that added them; the server side goes with ``UNLISTEN *``.
+    listeners = conn._listeners  # type: ignore[attr-defined]
+    if listeners:
+        listeners.clear()
+    log_listeners = conn._log_listeners  # type: ignore[attr-defined]
+    if log_listeners:
+        log_listeners.clear()
+
+
+# -- the create_pool facade -----------------------------------------------------
+
+
+@final
+class PoolAcquireContext:
+    """What :meth:`Pool.acquire` returns: ``await`` it for a connection you
+    release yourself, or use it as ``async with`` to release on the way out."""
+
+    __slots__ = ("_conn", "_lease", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._lease: Lease[Connection] | None = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._pool._acquire(self._timeout).__await__()
+
+    async def __aenter__(self) -> Connection:
+        pool = self._pool
+        core = pool._core
+        while True:
+            lease = core.acquire(self._timeout)
+            conn = await lease.__aenter__()
+            if await pool._prepare_lent(conn):
+                self._lease = lease
+                self._conn = conn
+                return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = self._lease
+        if lease is None:
+            return
+        self._lease = None
+        await lease.__aexit__(exc_type, exc, tb)
+
+
+@final
+class Pool:
+    """``asyncpg.Pool``'s interface over an :class:`~asyncpool.AsyncPool`.
+
+    Made by :func:`create_pool`; ``await`` it (or enter ``async with``) to
+    open it. The underlying pool is :attr:`pool`, its statistics
+    :meth:`stats`.
+    """
+
+    __slots__ = ("_connector", "_core", "_fatal", "_min_size", "_open_lock", "_opened", "_terminating")
+
+    def __init__(
+        self,
+        connector: AsyncpgConnector,
+        *,
+        min_size: int,
+        max_size: int,
+        acquire_timeout: float | None,
+        max_inactive_connection_lifetime: float,
+        max_lifetime: float | None,
+        max_waiting: int | None,
+        health_check_interval: float | None,
+        connect_timeout: float | None,
+        name: str | None,
+    ) -> None:
+        self._connector = connector
+        self._min_size = min_size
+        self._core: AsyncPool[Connection] = AsyncPool(
+            _Watched(connector, self),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=acquire_timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_inactive_connection_lifetime or None,
+            health_check_interval=health_check_interval,
+            connect_timeout=connect_timeout,
+            name=name,
+        )
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+        #: Set while opening: the first permanent connect error goes here.
+        self._fatal: asyncio.Future[BaseException] | None = None
+        self._terminating: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        core = repr(self._core)
+        return f"<asyncpool.asyncpg.Pool {self._connector!r} {core[1:-1]}>"
+
+    @property
+    def pool(self) -> AsyncPool[Connection]:
+        """The :class:`~asyncpool.AsyncPool` doing the work."""
+        return self._core
+
+    @property
+    def connector(self) -> AsyncpgConnector:
+        return self._connector
+
+    def stats(self) -> PoolStats:
+        return self._core.stats()
+
+    # -- opening and closing -------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, Pool]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Pool:
+        return await self._open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _open(self) -> Pool:
+        if self._opened:
+            return self
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._opened:
+                await self._open_core()
+                self._opened = True
+        return self
+
+    async def _open_core(self) -> None:
+        """Open, and wait for ``min_size`` connections; a connect error that
+        retrying cannot cure (bad password, no such database) is raised at
+        once, the others are retried until the acquire timeout."""
+        core = self._core
+        loop = asyncio.get_running_loop()
+        self._fatal = fatal = loop.create_future()
+        filled = loop.create_task(core.open(wait=True))
+        try:
+            await asyncio.wait((filled, fatal), return_when=asyncio.FIRST_COMPLETED)
+            if fatal.done():
+                filled.cancel()
+                await core.close()
+                raise fatal.result()
+            filled.result()
+        except BaseException:
+            filled.cancel()
+            if not core.closed:
+                await core.close()
+            raise
+        finally:
+            self._fatal = None
+
+    async def close(self) -> None:
+        """Close the pool once every connection has been released."""
+        if self._terminating is not None:
+            await self._terminating
+        await self._core.close()
+
+    def terminate(self) -> None:
+        """Drop every connection at once and close the pool."""
+        if self._terminating is not None:
+            return
+        self._connector.terminate_all()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # The connections are gone already; this only lets the pool's
+        # bookkeeping catch up, without waiting for their borrowers.
+        self._terminating = loop.create_task(self._core.close(timeout=0))
+
+    def is_closing(self) -> bool:
+        return self._terminating is not None or self._core.closed
+
+    async def expire_connections(self) -> None:
+        """Replace every connection open now: idle ones on their next
+        acquire, lent ones when they are released."""
+        self._connector.expire_connections()
+
+    def set_connect_args(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
+        """Use these arguments for new connections (existing ones stay until
+        they are expired, see :meth:`expire_connections`)."""
+        kept = {k: v for k, v in self._connector.connect_kwargs.items() if k in ("connection_class", "record_class")}
+        self._connector.set_connect_args(dsn, **{**kept, **connect_kwargs})
+
+    # -- sizes -----------------------------------------------------------------
+
+    def get_size(self) -> int:
+        return self._core.stats().size
+
+    def get_idle_size(self) -> int:
+        return self._core.stats().idle
+
+    def get_min_size(self) -> int:
+        return self._core.config.min_size
+
+    def get_max_size(self) -> int:
+        return self._core.config.max_size
+
+    # -- leasing -----------------------------------------------------------------
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        """Borrow a connection: ``await`` it, or ``async with`` it.
+
+        ``timeout=None`` means the pool's ``acquire_timeout`` (30 s unless
+        set), not "wait forever"; a wait that outlives it raises
+        :class:`~asyncpool.PoolTimeout` (also a ``TimeoutError``).
+        """
+        return PoolAcquireContext(self, timeout)
+
+    async def release(self, connection: Connection, *, timeout: float | None = None) -> None:
+        """Give back a connection from ``await pool.acquire()``.
+
+        ``timeout`` is accepted for compatibility; the pool bounds reset
+        itself (``reset_timeout``).
+        """
+        await self._core.release(connection)
+
+    async def _acquire(self, timeout: float | None) -> Connection:
+        core = self._core
+        while True:
+            conn = await core.acquire(timeout)
+            if await self._prepare_lent(conn):
+                return conn
+
+    async def _prepare_lent(self, conn: Connection) -> bool:
+        """Run ``setup`` on a just-lent connection; ``False`` if it was
+        expired and has been given back for closing instead."""
+        connector = self._connector
+        if connector.is_expired(conn):
+            await self._core.release(conn, discard=True)
+            return False
+        setup = connector.setup
+        if setup is not None:
+            try:
+                await setup(conn)
+            except BaseException:
+                # Half set up: it is closed (and replaced), never lent again.
+                await self._core.release(conn, discard=True)
+                raise
+        return True
+
+    # -- query shortcuts ---------------------------------------------------------
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        async with self.acquire() as conn:
+            return await conn.execute(query, *args, timeout=timeout)
+
+    async def executemany(self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None) -> None:
+        async with self.acquire() as conn:
+            await conn.executemany(command, args, timeout=timeout)
+
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None, record_class: type[Any] | None = None
+    ) -> list[Any]:
+        async with self.acquire() as conn:
+            return await conn.fetch(query, *args, timeout=timeout, record_class=record_class)
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args, column=column, timeout=timeout)
+
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None, record_class: type[Any] | None = None
+    ) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchrow(query, *args, timeout=timeout, record_class=record_class)
+
+    async def fetchmany(
+        self,
+        query: str,
+        args: Iterable[Sequence[Any]],
+        *,
+        timeout: float | None = None,
+        record_class: type[Any] | None = None,
+    ) -> list[Any]:
+        async with self.acquire() as conn:
+            return await conn.fetchmany(query, args, timeout=timeout, record_class=record_class)
+
+
+@final
+class _Watched:
+    """The connector as :class:`Pool` hands it to its :class:`AsyncPool`:
+    the same, except that while the pool is opening, a connect error that
+    retrying cannot cure is reported to :meth:`Pool._open_core` at once."""
+
+    __slots__ = ("_connector", "_pool", "background_reset", "close", "is_closed", "reset", "validate")
+
+    def __init__(self, connector: AsyncpgConnector, pool: Pool) -> None:
+        self._connector = connector
+        self._pool = pool
+        self.background_reset = connector.background_reset
+        # Bound methods, so the hot paths pay no extra call.
+        self.is_closed = connector.is_closed
+        self.validate = connector.validate
+        self.reset = connector.reset
+        self.close = connector.close
+
+    def __repr__(self) -> str:
+        return repr(self._connector)
+
+    async def connect(self) -> Connection:
+        try:
+            return await self._connector.connect()
+        except _PERMANENT_CONNECT_ERRORS as exc:
+            fatal = self._pool._fatal
+            if fatal is not None and not fatal.done():
+                fatal.set_result(exc)
+            raise
+
+
+def create_pool(
+    dsn: str | None = None,
+    *,
+    min_size: int = 10,
+    max_size: int = 10,
+    max_queries: int = 50000,
+    max_inactive_connection_lifetime: float = 300.0,
+    connect: Callable[..., Awaitable[Connection]] | None = None,
+    setup: ConnHook | None = None,
+    init: ConnHook | None = None,
+    reset: ResetPolicy | ConnHook | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+    connection_class: type[Connection] | None = None,
+    record_class: type[Any] | None = None,
+    pgbouncer: bool = False,
+    acquire_timeout: float | None = 30.0,
+    max_lifetime: float | None = 3600.0,
+    max_waiting: int | None = None,
+    health_check_interval: float | None = 30.0,
+    name: str | None = None,
+    **connect_kwargs: Any,
+) -> Pool:
+    """A drop-in replacement for ``asyncpg.create_pool``.
+
+    Takes the same arguments and returns a :class:`Pool` with the same
+    methods. ``reset`` may also name a policy, ``"full"`` (the default) or
+    ``"rollback"``. Options of asyncpool's own: ``pgbouncer``,
+    ``acquire_timeout`` (the default for ``acquire()``; ``None`` waits
+    forever), ``max_lifetime``, ``max_waiting``, ``health_check_interval``
+    and ``name``. ``loop`` is accepted and ignored: the pool belongs to the
+    loop that opens it.
+    """
+    del loop
+    if not isinstance(max_queries, int) or max_queries < 1:
+        raise ValueError(f"max_queries must be an int >= 1, got {max_queries!r}")
+    if not isinstance(max_inactive_connection_lifetime, (int, float)) or max_inactive_connection_lifetime < 0:
+        raise ValueError(
+            f"max_inactive_connection_lifetime must be >= 0 seconds, got {max_inactive_connection_lifetime!r}"
+        )
+    if connection_class is not None:
+        if not (isinstance(connection_class, type) and issubclass(connection_class, asyncpg.Connection)):
+            raise TypeError(f"connection_class must be a subclass of asyncpg.Connection, got {connection_class!r}")
+        connect_kwargs["connection_class"] = connection_class
+    if record_class is not None:
+        if not (isinstance(record_class, type) and issubclass(record_class, asyncpg.Record)):
+            raise TypeError(f"record_class must be a subclass of asyncpg.Record, got {record_class!r}")
+        connect_kwargs["record_class"] = record_class
+    connector = AsyncpgConnector(
+        dsn,
+        pgbouncer=pgbouncer,
+        reset="full" if reset is None else reset,
+        init=init,
+        setup=setup,
+        max_queries=max_queries,
+        connect=connect,
+        **connect_kwargs,
+    )
+    connect_timeout = connect_kwargs.get("timeout")
+    return Pool(
+        connector,
+        min_size=min_size,
+        max_size=max_size,
+        acquire_timeout=acquire_timeout,
+        max_inactive_connection_lifetime=float(max_inactive_connection_lifetime),
+        max_lifetime=max_lifetime,
+        max_waiting=max_waiting,
+        health_check_interval=health_check_interval,
+        connect_timeout=10.0 if connect_timeout is None else float(connect_timeout),
+        name=name,
+    )

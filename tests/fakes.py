@@ -1,0 +1,149 @@
+"""An in-process connector whose latency and failures the tests control.
+
+It works under every backend the pool supports (it only sleeps through
+anyio), and it records every resource it made and every close, so a test
+can prove that each resource was closed exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+
+import anyio
+
+from asyncpool import AsyncPool
+
+
+class FakeError(Exception):
+    """Raised by the fake connector when told to fail."""
+
+
+@dataclass(eq=False)
+class FakeResource:
+    """One fake connection."""
+
+    ident: int
+    close_count: int = 0
+    #: Killed behind the pool's back: validation fails, ``closed`` is true.
+    dead: bool = False
+    resets: int = 0
+    #: Arbitrary per-lease state a test can set to check that reset clears it.
+    session: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def closed(self) -> bool:
+        return self.dead or self.close_count > 0
+
+    def __repr__(self) -> str:
+        return f"<FakeResource {self.ident}>"
+
+
+class FakeConnector:
+    """A ``Connector[FakeResource]`` with knobs.
+
+    Delays are seconds; ``*_fail`` are probabilities (or ``True``); a
+    ``*_hang`` of ``True`` makes the call sleep forever (until cancelled).
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_delay: float = 0.0,
+        reset_delay: float = 0.0,
+        validate_delay: float = 0.0,
+        close_delay: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        self.connect_delay = connect_delay
+        self.reset_delay = reset_delay
+        self.validate_delay = validate_delay
+        self.close_delay = close_delay
+        self.connect_fail: float = 0.0
+        self.reset_fail: float = 0.0
+        self.validate_fail: float = 0.0
+        self.connect_hang: float = 0.0
+        self.reset_hang: float = 0.0
+        self.validate_hang: float = 0.0
+        #: Probability that a new resource is born dead.
+        self.dead_on_arrival: float = 0.0
+        self.random = random.Random(seed)
+        self.created: list[FakeResource] = []
+        self.connect_attempts = 0
+        self.validations = 0
+        self._ids = itertools.count(1)
+        #: Set while a connect is in progress (tests wait on these).
+        self.connecting = 0
+
+    def _roll(self, p: float) -> bool:
+        return p >= 1.0 or (p > 0.0 and self.random.random() < p)
+
+    async def _pause(self, delay: float, hang: float) -> None:
+        if self._roll(hang):
+            await anyio.sleep(math.inf)
+        if delay:
+            await anyio.sleep(delay)
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    async def connect(self) -> FakeResource:
+        self.connect_attempts += 1
+        self.connecting += 1
+        try:
+            await self._pause(self.connect_delay, self.connect_hang)
+            if self._roll(self.connect_fail):
+                raise FakeError("connection refused")
+        finally:
+            self.connecting -= 1
+        resource = FakeResource(next(self._ids), dead=self._roll(self.dead_on_arrival))
+        self.created.append(resource)
+        return resource
+
+    async def close(self, resource: FakeResource) -> None:
+        resource.close_count += 1
+        if self.close_delay:
+            await anyio.sleep(self.close_delay)
+
+    async def validate(self, resource: FakeResource) -> bool:
+        self.validations += 1
+        await self._pause(self.validate_delay, self.validate_hang)
+        if self._roll(self.validate_fail):
+            raise FakeError("ping failed")
+        return not resource.closed
+
+    async def reset(self, resource: FakeResource) -> None:
+        await self._pause(self.reset_delay, self.reset_hang)
+        if self._roll(self.reset_fail):
+            raise FakeError("reset failed")
+        resource.resets += 1
+        resource.session.clear()
+
+    # -- what the tests assert ------------------------------------------------
+
+    def live(self) -> list[FakeResource]:
+        return [r for r in self.created if r.close_count == 0]
+
+    def assert_all_closed_once(self) -> None:
+        wrong = [(r, r.close_count) for r in self.created if r.close_count != 1]
+        assert not wrong, f"resources not closed exactly once: {wrong}"
+
+
+def check_invariants(pool: AsyncPool[object]) -> None:
+    """The accounting every pool must satisfy at every instant."""
+    from asyncpool._state import ASSIGNED, CHECKING, IDLE, LEASED, RETURNING
+
+    stats = pool.stats()
+    assert stats.in_use >= 0, stats
+    assert stats.in_use + stats.idle <= stats.size <= stats.max_size, stats
+    state = pool._state
+    by_state = [0] * 6
+    for entry in state.entries.values():
+        by_state[entry.state] += 1
+    assert by_state[IDLE] == stats.idle, (by_state, stats)
+    assert by_state[CHECKING] == state.checking, (by_state, state.checking)
+    assert by_state[ASSIGNED] + by_state[LEASED] + by_state[RETURNING] == stats.in_use, (by_state, stats)
+    assert stats.size == stats.idle + stats.in_use + state.checking + state.connecting, stats
+    assert stats.waiting >= 0, stats
+    assert all(entry.state == IDLE for entry in state.idle)

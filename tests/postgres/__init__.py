@@ -1,0 +1,1 @@
+"""Tests of ``asyncpool.asyncpg`` against a real PostgreSQL server (and PgBouncer)."""

@@ -1,0 +1,289 @@
+"""``asyncpool.asyncpg.create_pool``: asyncpg's ``Pool`` interface, drop-in."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import pytest
+
+from asyncpool import PoolClosed, PoolError, PoolTimeout
+from asyncpool.asyncpg import Pool, create_pool
+
+from ._helpers import backend_pids, wait_for_backends, wait_until
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Admin: TypeAlias = asyncpg.Connection[Any]
+
+pytestmark = [pytest.mark.postgres]
+
+PoolFactory = Callable[..., Pool]
+
+
+@pytest.fixture
+def make_pool(pg_dsn: str, app_name: str) -> PoolFactory:
+    """``create_pool`` on the test server, tagged with ``app_name``."""
+
+    def make(dsn: str | None = None, **kwargs: Any) -> Pool:
+        kwargs.setdefault("server_settings", {"application_name": app_name})
+        return create_pool(dsn or pg_dsn, **kwargs)
+
+    return make
+
+
+@pytest.mark.asyncio
+async def test_awaiting_opens_it_with_min_size_connections(make_pool: PoolFactory, admin: Admin, app_name: str) -> None:
+    pool = await make_pool(min_size=2, max_size=4)
+    try:
+        assert (pool.get_min_size(), pool.get_max_size()) == (2, 4)
+        assert pool.get_size() == 2
+        assert pool.get_idle_size() == 2
+        assert len(await backend_pids(admin, app_name)) == 2
+        assert await pool.fetchval("SELECT 1") == 1
+        assert not pool.is_closing()
+    finally:
+        await pool.close()
+    assert pool.is_closing()
+    await wait_for_backends(admin, app_name, 0)
+    with pytest.raises(PoolClosed):
+        await pool.fetchval("SELECT 1")
+
+
+@pytest.mark.asyncio
+async def test_async_with_opens_and_closes(make_pool: PoolFactory, admin: Admin, app_name: str) -> None:
+    async with make_pool(min_size=1, max_size=2) as pool:
+        assert pool.get_size() == 1
+        assert await pool.fetchval("SELECT 2") == 2
+    assert pool.is_closing()
+    await wait_for_backends(admin, app_name, 0)
+
+
+@pytest.mark.asyncio
+async def test_query_shortcuts(make_pool: PoolFactory) -> None:
+    table = f"asyncpool_facade_{random.randrange(1 << 30)}"
+    async with make_pool(min_size=1, max_size=2) as pool:
+        assert await pool.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text)") == "CREATE TABLE"
+        try:
+            assert await pool.execute(f"INSERT INTO {table} VALUES ($1, $2)", 1, "one") == "INSERT 0 1"
+            await pool.executemany(f"INSERT INTO {table} VALUES ($1, $2)", [(2, "two"), (3, "three")])
+            rows = await pool.fetch(f"SELECT id, name FROM {table} WHERE id > $1 ORDER BY id", 1)
+            assert [(row["id"], row["name"]) for row in rows] == [(2, "two"), (3, "three")]
+            row = await pool.fetchrow(f"SELECT id, name FROM {table} WHERE id = $1", 3)
+            assert row is not None and row["name"] == "three"
+            assert await pool.fetchrow(f"SELECT id FROM {table} WHERE id = 99") is None
+            assert await pool.fetchval(f"SELECT id, name FROM {table} WHERE id = 1", column=1) == "one"
+            many = await pool.fetchmany("SELECT $1::int * 2 AS double", [(1,), (2,)])
+            assert [r["double"] for r in many] == [2, 4]
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await pool.execute(f"INSERT INTO {table} VALUES (1, 'again')")
+        finally:
+            await pool.execute(f"DROP TABLE {table}")
+
+
+@pytest.mark.asyncio
+async def test_acquire_awaited_released_and_in_transactions(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=1) as pool:
+        conn = await pool.acquire()
+        try:
+            async with conn.transaction():
+                assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await pool.release(conn)
+        assert pool.get_idle_size() in (0, 1)  # the reset may still be running
+        async with pool.acquire() as again:
+            assert again is conn
+
+
+@pytest.mark.asyncio
+async def test_acquire_timeout(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=1) as pool, pool.acquire():
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await pool.acquire(timeout=0.2)
+        with pytest.raises(TimeoutError):
+            async with pool.acquire(timeout=0.2):
+                pass
+        assert time.monotonic() - started < 2
+
+
+@pytest.mark.asyncio
+async def test_release_rejects_a_connection_it_did_not_lend(make_pool: PoolFactory, pg_dsn: str) -> None:
+    stranger = await asyncpg.connect(pg_dsn)
+    try:
+        async with make_pool(min_size=0, max_size=1) as pool:
+            with pytest.raises(PoolError):
+                await pool.release(stranger)
+    finally:
+        await stranger.close()
+
+
+@pytest.mark.asyncio
+async def test_init_once_per_connection_setup_on_every_acquire(make_pool: PoolFactory) -> None:
+    inits: list[int] = []
+    setups: list[int] = []
+
+    async def init(conn: asyncpg.Connection[Any]) -> None:
+        inits.append(conn.get_server_pid())
+
+    async def setup(conn: asyncpg.Connection[Any]) -> None:
+        setups.append(conn.get_server_pid())
+
+    async with make_pool(min_size=1, max_size=1, init=init, setup=setup) as pool:
+        for _ in range(3):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        conn = await pool.acquire()
+        await pool.release(conn)
+        await pool.fetchval("SELECT 1")
+    assert len(inits) == 1
+    assert len(setups) == 5
+    assert set(setups) == set(inits)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_setup_reaches_the_caller_and_the_connection_is_replaced(make_pool: PoolFactory) -> None:
+    fail = [True]
+
+    async def setup(conn: asyncpg.Connection[Any]) -> None:
+        if fail[0]:
+            raise RuntimeError("setup failed")
+
+    async with make_pool(min_size=1, max_size=1, setup=setup) as pool:
+        with pytest.raises(RuntimeError, match="setup failed"):
+            async with pool.acquire():
+                pass
+        fail[0] = False
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        assert pool.stats().destroyed == 1
+
+
+@pytest.mark.asyncio
+async def test_custom_reset_runs_after_the_rollback(make_pool: PoolFactory) -> None:
+    seen: list[tuple[bool, str]] = []
+
+    async def reset(conn: asyncpg.Connection[Any]) -> None:
+        seen.append((conn.is_in_transaction(), await conn.fetchval("SHOW search_path")))
+        await conn.execute("RESET ALL")
+
+    async with make_pool(min_size=1, max_size=1, reset=reset) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute("SET search_path TO pg_catalog")
+            await conn.execute("BEGIN")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW search_path") != "pg_catalog"
+    # The rollback comes first, then the custom reset (on each release).
+    assert seen == [(False, "pg_catalog"), (False, '"$user", public')]
+
+
+@pytest.mark.asyncio
+async def test_reset_policy_by_name(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=1, reset="rollback") as pool:
+        assert pool.connector.reset_policy == "rollback"
+        async with pool.acquire() as conn:
+            await conn.execute("SET search_path TO pg_catalog")
+        assert await pool.fetchval("SHOW search_path") == "pg_catalog"
+
+
+@pytest.mark.asyncio
+async def test_max_queries_replaces_a_connection(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=1, max_queries=3, reset="rollback") as pool:
+        pids = [await pool.fetchval("SELECT pg_backend_pid()") for _ in range(4)]
+    assert pids[0] == pids[1] == pids[2] != pids[3]
+
+
+@pytest.mark.asyncio
+async def test_expire_connections_and_set_connect_args(
+    make_pool: PoolFactory, pg_dsn: str, admin: Admin, app_name: str
+) -> None:
+    async with make_pool(min_size=2, max_size=2) as pool:
+        lent = await pool.acquire()
+        old_pids = set(await backend_pids(admin, app_name))
+        renamed = app_name + "-new"
+        pool.set_connect_args(pg_dsn, server_settings={"application_name": renamed})
+        await pool.expire_connections()
+        await pool.release(lent)  # expired while lent: closed, not kept
+        new_pids = {await pool.fetchval("SELECT pg_backend_pid()") for _ in range(4)}
+        assert not new_pids & old_pids
+        assert await pool.fetchval("SHOW application_name") == renamed
+        await wait_for_backends(admin, app_name, 0)
+
+
+@pytest.mark.asyncio
+async def test_terminate_drops_every_backend_at_once(make_pool: PoolFactory, admin: Admin, app_name: str) -> None:
+    pool = await make_pool(min_size=3, max_size=3)
+    lent = await pool.acquire()
+    pool.terminate()
+    assert pool.is_closing()
+    assert lent.is_closed()
+    await wait_for_backends(admin, app_name, 0)
+    await pool.release(lent)  # a no-op now, as in asyncpg
+    await pool.close()
+
+
+@pytest.mark.asyncio
+async def test_a_connect_error_retrying_cannot_cure_is_raised_at_once(make_pool: PoolFactory, pg_dsn: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(asyncpg.InvalidCatalogNameError):
+        await make_pool(pg_dsn.rsplit("/", 1)[0] + "/asyncpool_no_such_db", min_size=2)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.asyncio
+async def test_asyncpg_options_map_onto_the_pool(make_pool: PoolFactory) -> None:
+    class Record(asyncpg.Record):
+        pass
+
+    class Connection(asyncpg.Connection):  # type: ignore[type-arg]
+        pass
+
+    pool = make_pool(
+        min_size=0,
+        max_size=3,
+        max_inactive_connection_lifetime=12.5,
+        record_class=Record,
+        connection_class=Connection,
+        command_timeout=7,
+    )
+    assert pool.pool.config.max_idle == 12.5
+    assert pool.pool.config.timeout == 30.0  # a finite acquire timeout by default
+    async with pool:
+        async with pool.acquire() as conn:
+            assert isinstance(conn, Connection)
+            assert isinstance(await conn.fetchrow("SELECT 1 AS one"), Record)
+        assert isinstance(await pool.fetchrow("SELECT 1 AS one"), Record)
+    assert make_pool(max_inactive_connection_lifetime=0).pool.config.max_idle is None
+    with pytest.raises(ValueError, match="max_queries"):
+        make_pool(max_queries=0)
+    with pytest.raises(TypeError, match="connection_class"):
+        make_pool(connection_class=dict)
+    with pytest.raises(TypeError, match="no_such_option"):
+        make_pool(no_such_option=1)
+
+
+@pytest.mark.asyncio
+async def test_a_lease_cancelled_mid_query_does_not_break_the_next_one(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=1) as pool:
+        for _ in range(20):
+            task = asyncio.create_task(pool.execute("SELECT pg_sleep(1)"))
+            await asyncio.sleep(random.random() * 0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await pool.fetchval("SELECT 1") == 1
+
+
+@pytest.mark.asyncio
+async def test_repr_shows_the_pool_and_where_it_connects(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=2, name="orders") as pool:
+        await wait_until(lambda: pool.get_idle_size() == 1)
+        text = repr(pool)
+        assert "AsyncpgConnector" in text
+        assert "'orders' open" in text
+        assert "1 idle" in text
