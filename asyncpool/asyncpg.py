@@ -50,7 +50,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, final
 from urllib.parse import unquote, urlsplit
 
 try:
@@ -76,7 +76,6 @@ __all__ = ["AsyncpgConnector", "Pool", "PoolAcquireContext", "create_pool"]
 
 logger = logging.getLogger("asyncpool.asyncpg")
 
-ResetPolicy = Literal["full", "rollback"]
 
 #: Everything a session can carry over to the next borrower, in one round
 #: trip. Session authorization first, so the rest runs as the login role.
@@ -106,7 +105,7 @@ _PERMANENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 _CONNECT_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters) - {"dsn"}
 
 
-class _Retire(Exception):
+class RetireConnection(Exception):
     """Raised by reset: this connection must be closed, not lent again."""
 
 
@@ -262,7 +261,7 @@ class AsyncpgConnector(Connector["Connection"]):
         dsn: str | None = None,
         *,
         pgbouncer: bool = False,
-        reset: ResetPolicy | ConnHook = "full",
+        reset: str | ConnHook = "full",
         init: ConnHook | None = None,
         setup: ConnHook | None = None,
         validate_timeout: float = 2.0,
@@ -282,8 +281,8 @@ class AsyncpgConnector(Connector["Connection"]):
         self._secrets = _Secrets()
         self._dsn: str | None = None
         self._connect_kwargs: dict[str, Any] = {}
-        self.set_connect_args(dsn, **connect_kwargs)
         self._connect_fn = connect
+        self.set_connect_args(dsn, **connect_kwargs)
         self._init = init
         #: The per-lease hook; see the class docstring.
         self.setup = setup
@@ -330,7 +329,7 @@ class AsyncpgConnector(Connector["Connection"]):
     def set_connect_args(self, dsn: str | None = None, **connect_kwargs: Any) -> None:
         """Use these arguments for connections opened from now on."""
         unknown = set(connect_kwargs) - _CONNECT_PARAMETERS
-        if unknown:
+        if unknown and self._connect_fn is None:
             raise TypeError(f"asyncpg.connect() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         if self._pgbouncer:
             cache = connect_kwargs.setdefault("statement_cache_size", 0)
@@ -371,15 +370,17 @@ class AsyncpgConnector(Connector["Connection"]):
 
     def is_closed(self, conn: Connection) -> bool:
         """Known dead from local state alone (the pool asks on every lend)."""
-        return conn.is_closed()
+        closed: bool = conn.is_closed()
+        return closed
 
     async def validate(self, conn: Connection) -> bool:
         """A ``SELECT 1`` round trip under ``validate_timeout``; a connection
         asyncpg already knows is closed fails without one."""
         if conn.is_closed():
             return False
+        raw: Any = conn  # asyncpg's internals are not part of its typed API
         try:
-            if conn._protocol._is_cancelling():  # type: ignore[attr-defined]
+            if raw._protocol._is_cancelling():
                 await self._settle(conn)
             await conn.execute(_PING, timeout=self._validate_timeout)
         except Exception as exc:
@@ -394,8 +395,9 @@ class AsyncpgConnector(Connector["Connection"]):
         """Make ``conn`` clean for the next borrower, per the reset policy;
         raising makes the pool close it instead."""
         if conn.is_closed():
-            raise _Retire("connection is closed")
-        protocol = conn._protocol  # type: ignore[attr-defined]
+            raise RetireConnection("connection is closed")
+        raw: Any = conn  # asyncpg's internals are not part of its typed API
+        protocol = raw._protocol
         interrupted = protocol._is_cancelling()
         if interrupted:
             # The last borrower was cancelled mid-query: asyncpg has asked the
@@ -403,11 +405,12 @@ class AsyncpgConnector(Connector["Connection"]):
             # connection can run anything else.
             await self._settle(conn)
         if self._max_queries is not None and protocol.queries_count >= self._max_queries:
-            raise _Retire(f"connection ran {protocol.queries_count} queries (max_queries={self._max_queries})")
-        if self.is_expired(conn):
-            raise _Retire("connection was expired by expire_connections()")
+            raise RetireConnection(f"connection ran {protocol.queries_count} queries (max_queries={self._max_queries})")
+        if self._generation and self.is_expired(conn):
+            raise RetireConnection("connection was expired by expire_connections()")
         policy = self._policy
         if policy == "rollback":
+            _forget_listeners(conn)
             if _forget_transaction(conn):
                 await self._run(conn, _ROLLBACK)
             elif interrupted:
@@ -422,15 +425,17 @@ class AsyncpgConnector(Connector["Connection"]):
             if _forget_transaction(conn):
                 await self._run(conn, _ROLLBACK)
             _forget_listeners(conn)
+            reset_fn: Any = self._reset_fn
             try:
-                await self._reset_fn(conn)  # type: ignore[misc]
+                await reset_fn(conn)
             except BaseException:
                 conn.terminate()
                 raise
 
     async def close(self, conn: Connection) -> None:
         self._live.pop(id(conn), None)
-        if conn.is_closed() or conn._protocol._is_cancelling():  # type: ignore[attr-defined]
+        raw: Any = conn
+        if conn.is_closed() or raw._protocol._is_cancelling():
             # Nothing to say goodbye to, or a query whose cancellation is
             # still pending: asyncpg would wait for it. Just drop the socket.
             conn.terminate()
@@ -472,35 +477,36 @@ class AsyncpgConnector(Connector["Connection"]):
 
     async def _settle(self, conn: Connection) -> None:
         bound = self._validate_timeout
+        raw: Any = conn
         try:
-            await asyncio.wait_for(conn._protocol._wait_for_cancellation(), bound)  # type: ignore[attr-defined]
+            await asyncio.wait_for(raw._protocol._wait_for_cancellation(), bound)
         except asyncio.TimeoutError:
             conn.terminate()
-            raise _Retire(f"a cancelled query did not stop within {bound} s; connection terminated") from None
+            raise RetireConnection(f"a cancelled query did not stop within {bound} s; connection terminated") from None
         except BaseException:
             conn.terminate()
             raise
         if conn.is_closed():
-            raise _Retire("connection closed while its cancelled query settled")
+            raise RetireConnection("connection closed while its cancelled query settled")
 
 
-def _forget_transaction(conn: Connection) -> bool:
+def _forget_transaction(conn: Any) -> bool:
     """Forget asyncpg's view of an open transaction; ``True`` if the server
     has one that needs a ``ROLLBACK``."""
-    if conn._top_xact is not None:  # type: ignore[attr-defined]
+    if conn._top_xact is not None:
         # A Transaction object left unfinished: the next borrower's
         # ``conn.transaction()`` must start a new top-level transaction.
-        conn._top_xact = None  # type: ignore[attr-defined]
-    return conn.is_in_transaction()
+        conn._top_xact = None
+    return bool(conn.is_in_transaction())
 
 
-def _forget_listeners(conn: Connection) -> None:
+def _forget_listeners(conn: Any) -> None:
     # The callbacks of ``add_listener`` and ``add_log_listener`` belong to
     # the borrower that added them; the server side goes with ``UNLISTEN *``.
-    listeners = conn._listeners  # type: ignore[attr-defined]
+    listeners = conn._listeners
     if listeners:
         listeners.clear()
-    log_listeners = conn._log_listeners  # type: ignore[attr-defined]
+    log_listeners = conn._log_listeners
     if log_listeners:
         log_listeners.clear()
 
@@ -513,7 +519,7 @@ class PoolAcquireContext:
     """What :meth:`Pool.acquire` returns: ``await`` it for a connection you
     release yourself, or use it as ``async with`` to release on the way out."""
 
-    __slots__ = ("_conn", "_lease", "_pool", "_timeout")
+    __slots__ = ("_lease", "_pool", "_timeout")
 
     def __init__(self, pool: Pool, timeout: float | None) -> None:
         self._pool = pool
@@ -531,7 +537,6 @@ class PoolAcquireContext:
             conn = await lease.__aenter__()
             if await pool._prepare_lent(conn):
                 self._lease = lease
-                self._conn = conn
                 return conn
 
     async def __aexit__(
@@ -556,7 +561,7 @@ class Pool:
     :meth:`stats`.
     """
 
-    __slots__ = ("_connector", "_core", "_fatal", "_min_size", "_open_lock", "_opened", "_terminating")
+    __slots__ = ("_connector", "_core", "_fatal", "_open_lock", "_opened", "_terminating")
 
     def __init__(
         self,
@@ -573,7 +578,6 @@ class Pool:
         name: str | None,
     ) -> None:
         self._connector = connector
-        self._min_size = min_size
         self._core: AsyncPool[Connection] = AsyncPool(
             _Watched(connector, self),
             min_size=min_size,
@@ -646,14 +650,13 @@ class Pool:
         try:
             await asyncio.wait((filled, fatal), return_when=asyncio.FIRST_COMPLETED)
             if fatal.done():
-                filled.cancel()
-                await core.close()
                 raise fatal.result()
             filled.result()
         except BaseException:
+            # Failed or cancelled: stop the connect attempts; a pool that did
+            # not open is closed, as asyncpg's is.
             filled.cancel()
-            if not core.closed:
-                await core.close()
+            await core.close()
             raise
         finally:
             self._fatal = None
@@ -752,7 +755,8 @@ class Pool:
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         async with self.acquire() as conn:
-            return await conn.execute(query, *args, timeout=timeout)
+            status: str = await conn.execute(query, *args, timeout=timeout)
+            return status
 
     async def executemany(self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None) -> None:
         async with self.acquire() as conn:
@@ -762,7 +766,8 @@ class Pool:
         self, query: str, *args: Any, timeout: float | None = None, record_class: type[Any] | None = None
     ) -> list[Any]:
         async with self.acquire() as conn:
-            return await conn.fetch(query, *args, timeout=timeout, record_class=record_class)
+            rows: list[Any] = await conn.fetch(query, *args, timeout=timeout, record_class=record_class)
+            return rows
 
     async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
         async with self.acquire() as conn:
@@ -783,7 +788,8 @@ class Pool:
         record_class: type[Any] | None = None,
     ) -> list[Any]:
         async with self.acquire() as conn:
-            return await conn.fetchmany(query, args, timeout=timeout, record_class=record_class)
+            rows: list[Any] = await conn.fetchmany(query, args, timeout=timeout, record_class=record_class)
+            return rows
 
 
 @final
@@ -827,7 +833,7 @@ def create_pool(
     connect: Callable[..., Awaitable[Connection]] | None = None,
     setup: ConnHook | None = None,
     init: ConnHook | None = None,
-    reset: ResetPolicy | ConnHook | None = None,
+    reset: str | ConnHook | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
     connection_class: type[Connection] | None = None,
     record_class: type[Any] | None = None,

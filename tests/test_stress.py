@@ -1,0 +1,120 @@
+"""Randomized stress: hundreds of tasks, random cancels and timeouts, a
+connector that randomly fails, hangs and hands out dead resources.
+
+A monitor checks the accounting throughout; at the end every resource ever
+created must have been closed exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+
+from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolTimeout
+
+from .fakes import FakeConnector, FakeError, check_invariants
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int) -> None:
+    rng = random.Random(seed)
+    connector = FakeConnector(seed=seed, connect_delay=0.002, reset_delay=0.0005, validate_delay=0.0005)
+    connector.connect_fail = 0.15
+    connector.connect_hang = 0.03
+    connector.reset_fail = 0.05
+    connector.reset_hang = 0.02
+    connector.validate_fail = 0.05
+    connector.validate_hang = 0.02
+    connector.dead_on_arrival = 0.05
+    pool = AsyncPool(
+        connector,
+        min_size=2,
+        max_size=8,
+        max_waiting=150,
+        timeout=0.2,
+        validate_after=0.005,
+        health_check_interval=0.02,
+        max_lifetime=0.3,
+        max_idle=0.1,
+        connect_timeout=0.05,
+        cleanup_timeout=0.05,
+        reconnect_delay=0.001,
+        reconnect_max_delay=0.01,
+    )
+    await pool.open()
+    outcomes = {"ok": 0, "timeout": 0, "busy": 0, "cancelled": 0, "error": 0}
+    checks = 0
+    stop = anyio.Event()
+
+    async def monitor() -> None:
+        nonlocal checks
+        while not stop.is_set():
+            check_invariants(pool)
+            checks += 1
+            await anyio.sleep(0.001)
+
+    async def client(n: int) -> None:
+        for _ in range(15):
+            action = rng.random()
+            with anyio.CancelScope() as scope:
+                # Random cancellation deadlines land on any await inside; the
+                # others are a handler's request timeout, which is also what
+                # ends a reset that hangs in the releasing caller's task.
+                if action < 0.3:
+                    scope.deadline = anyio.current_time() + rng.uniform(0, 0.01)
+                else:
+                    scope.deadline = anyio.current_time() + 0.5
+                try:
+                    if action < 0.6:
+                        async with pool.acquire(timeout=rng.choice([0.01, 0.05, 0.2])) as res:
+                            if rng.random() < 0.1:
+                                res.dead = True
+                                raise FakeError("broke it")
+                            await anyio.sleep(rng.uniform(0, 0.003))
+                    else:
+                        res = await pool.acquire(timeout=rng.choice([0.01, 0.05, 0.2]))
+                        try:
+                            await anyio.sleep(rng.uniform(0, 0.003))
+                        finally:
+                            if rng.random() < 0.1:
+                                await pool.release(res, discard=True)
+                            else:
+                                await pool.release(res)
+                    outcomes["ok"] += 1
+                except PoolTimeout:
+                    outcomes["timeout"] += 1
+                except PoolBusy:
+                    outcomes["busy"] += 1
+                except FakeError:
+                    outcomes["error"] += 1
+            if scope.cancelled_caught:
+                outcomes["cancelled"] += 1
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(monitor)
+        async with anyio.create_task_group() as tg:
+            for n in range(300):
+                tg.start_soon(client, n)
+        stop.set()
+
+    # Let background clean-up (bounded by cleanup_timeout) finish.
+    await anyio.sleep(0.2)
+    check_invariants(pool)
+    stats = pool.stats()
+    assert stats.in_use == 0, stats
+    assert stats.waiting == 0, stats
+    assert checks > 10
+    assert outcomes["ok"] > 100, outcomes
+    assert outcomes["cancelled"] > 50, outcomes
+    assert outcomes["timeout"] + outcomes["busy"] > 0, outcomes
+    with anyio.fail_after(5):
+        await pool.close()
+    with pytest.raises(PoolClosed):
+        await pool.acquire()
+    assert pool.stats().size == 0
+    assert len(connector.created) > 8, "resources were churned"
+    connector.assert_all_closed_once()
