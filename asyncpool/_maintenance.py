@@ -61,7 +61,9 @@ async def connect_worker(pool: AsyncPool[Any], slot: ConnectSlot) -> None:
         try:
             resource = await backend.call_with_timeout(cfg.connect_timeout, pool._connector.connect)
         except Exception as exc:
-            logger.warning("pool%s: connect failed (attempt %d): %s", pool._label, attempt + 1, _describe(exc))
+            # One warning per outage, not one per worker per attempt.
+            level = logging.WARNING if state.last_connect_error is None else logging.DEBUG
+            logger.log(level, "pool%s: connect failed (attempt %d): %s", pool._label, attempt + 1, _describe(exc))
             if not state.connect_failed(exc):
                 slot.settled = True
                 return
@@ -74,6 +76,8 @@ async def connect_worker(pool: AsyncPool[Any], slot: ConnectSlot) -> None:
         # From here to ``connected`` nothing awaits: the new resource cannot
         # be dropped between the two.
         slot.settled = True
+        if state.last_connect_error is not None:
+            logger.info("pool%s: connecting works again", pool._label)
         state.connected(resource)
         return
 

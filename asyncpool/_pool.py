@@ -376,7 +376,7 @@ class AsyncPool(Generic[R]):
             entry.state = RETURNING
             st.discard(entry)
             return
-        if self._background_reset:
+        if self._background_reset and not st.waiters.live:
             self._return_later(entry, False)
             return
         await self._return(entry, False)
@@ -388,7 +388,10 @@ class AsyncPool(Generic[R]):
                 self._state.entries.pop(entry.key, None)
             return
         if exc is None:
-            if self._background_reset:
+            if self._background_reset and not self._state.waiters.live:
+                # Nobody waits: the handler need not wait for the reset round
+                # trip. When tasks wait, resetting inline is cheaper than a
+                # task per release and the resource goes straight on to them.
                 self._return_later(entry, False)
             else:
                 await self._return(entry, False)

@@ -11,6 +11,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -130,7 +131,7 @@ class FakeConnector:
         assert not wrong, f"resources not closed exactly once: {wrong}"
 
 
-def check_invariants(pool: AsyncPool[object]) -> None:
+def check_invariants(pool: AsyncPool[Any]) -> None:
     """The accounting every pool must satisfy at every instant."""
     from asyncpool._state import ASSIGNED, CHECKING, IDLE, LEASED, RETURNING
 

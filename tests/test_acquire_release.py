@@ -254,3 +254,36 @@ async def test_acquire_nowait(connector: FakeConnector) -> None:
         with pytest.raises(PoolBusy):
             pool.acquire_nowait()
         await pool.release(res)
+
+
+class BackgroundResetConnector(FakeConnector):
+    """Resets off the releasing caller's path, like the asyncpg full reset."""
+
+    background_reset = True
+
+
+async def test_background_reset_keeps_the_resource_across_many_leases() -> None:
+    connector = BackgroundResetConnector(reset_delay=0.001)
+    async with AsyncPool(connector, max_size=1) as pool:
+        for _ in range(5):
+            async with pool.acquire() as res:
+                res.session["x"] = 1
+            async with pool.acquire() as again:
+                # Nobody gets the resource before it is clean.
+                assert again.session == {}
+        stats = pool.stats()
+        assert stats.destroyed == 0, stats
+        assert stats.created == 1, stats
+        check_invariants(pool)
+    connector.assert_all_closed_once()
+
+
+async def test_background_reset_not_awaited_by_the_releasing_caller() -> None:
+    connector = BackgroundResetConnector(reset_delay=0.3)
+    async with AsyncPool(connector, max_size=2) as pool:
+        res = await pool.acquire()
+        with anyio.fail_after(0.2):
+            await pool.release(res)
+        assert pool.stats().in_use == 1, "still being reset"
+        await anyio.sleep(0.5)
+        assert pool.stats().idle == 1

@@ -59,7 +59,7 @@ def test_valid_edge_values_are_accepted() -> None:
 
 def test_options_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        AsyncPool(FakeConnector(), 1, 2)  # type: ignore[misc]
+        AsyncPool(FakeConnector(), 1, 2)  # type: ignore[call-arg]
 
 
 def test_not_a_connector_is_rejected() -> None:

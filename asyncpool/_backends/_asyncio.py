@@ -57,8 +57,6 @@ class AsyncioWaitQueue:
 
     async def wait(self, deadline: float) -> Entry[Any]:
         loop = self._loop
-        if asyncio.get_running_loop() is not loop:
-            raise PoolError("this pool belongs to another event loop; create one pool per loop")
         now = time.monotonic()
         if deadline <= now:
             raise self._owner.timeout_error()
@@ -77,14 +75,14 @@ class AsyncioWaitQueue:
         self._owner.waiter_enqueued()
         try:
             return await fut
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (or woken with an error). Every way a future can
             # finish is counted exactly once, by whoever finished it.
             if fut.cancelled():
                 # We gave up while still queued: our place is dead now.
                 self.live -= 1
                 self._after_removal()
-            elif not fut.done():  # pragma: no cover - defensive: foreign throw()
+            elif not fut.done():  # awaited from another loop, or a foreign throw()
                 fut.cancel()
                 self.live -= 1
                 self._after_removal()
@@ -92,6 +90,11 @@ class AsyncioWaitQueue:
                 # Handed an entry in the same loop turn as our cancellation:
                 # the entry is not ours to keep, so it goes to the next one.
                 self._owner.give_back(fut.result())
+            if isinstance(exc, RuntimeError) and asyncio.get_running_loop() is not loop:
+                # Awaiting another loop's future fails at once (asyncio checks
+                # that), which is cheaper than checking the running loop on
+                # every wait; say what went wrong in the pool's own terms.
+                raise PoolError("this pool belongs to another event loop; create one pool per loop") from None
             raise
         finally:
             if own_timer is not None:

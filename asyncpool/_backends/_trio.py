@@ -13,6 +13,7 @@ pool can cancel it, since ``open()`` has no nursery to run them in.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -180,6 +181,11 @@ class TrioBackend:
             raise TimeoutError(f"timed out after {seconds} s") from None
 
     async def call_shielded(self, seconds: float, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if trio.current_effective_deadline() != -math.inf:
+            # Not cancelled now: no shield needed (a cancellation arriving
+            # mid-call is handled by the caller, as on asyncio), and a cancel
+            # scope per release would cost more than the release itself.
+            return await fn(*args)
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + seconds
             return await fn(*args)

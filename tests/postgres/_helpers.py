@@ -34,6 +34,11 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def internals(conn: object) -> Any:
+    """``conn`` typed as ``Any``, to look at asyncpg's private state."""
+    return conn
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on (right now)."""
     with socket.socket() as sock:

@@ -27,7 +27,7 @@ import pytest_asyncio
 
 from asyncpool.asyncpg import AsyncpgConnector
 
-from ._helpers import free_port, configured_dsn, unavailable
+from ._helpers import configured_dsn, free_port, unavailable
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from asyncpool import AsyncPool
+from asyncpool import AsyncPool, PoolTimeout
 from asyncpool.asyncpg import AsyncpgConnector
 
-from ._helpers import FreezableProxy, backend_pids, wait_for_backends, wait_until, with_port
+from ._helpers import FreezableProxy, backend_pids, internals, wait_for_backends, wait_until, with_port
 
 pytestmark = [pytest.mark.postgres]
 
@@ -38,10 +38,14 @@ async def test_queries_and_transactions_through_leases(make_connector: MakeConne
         async with AsyncPool(make_connector(), max_size=3) as pool:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.executemany(f"INSERT INTO {table} VALUES ($1, $2)", [(1, "a"), (2, "b")])
-            with pytest.raises(ZeroDivisionError):
+
+            async def insert_then_fail() -> None:
                 async with pool.acquire() as conn, conn.transaction():
                     await conn.execute(f"INSERT INTO {table} VALUES (3, 'rolled back')")
                     raise ZeroDivisionError
+
+            with pytest.raises(ZeroDivisionError):
+                await insert_then_fail()
             async with pool.acquire() as conn:
                 rows = await conn.fetch(f"SELECT id, note FROM {table} ORDER BY id")
                 assert [tuple(row) for row in rows] == [(1, "a"), (2, "b")]
@@ -156,7 +160,7 @@ async def test_default_reset_leaves_no_session_state_behind(make_connector: Make
                 assert await conn.fetchval("SELECT to_regclass('pg_temp.asyncpool_leak')") is None
                 assert await conn.fetchval("SELECT count(*) FROM pg_cursors WHERE name = 'asyncpool_cursor'") == 0
                 assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
-                assert not conn._listeners  # type: ignore[attr-defined]
+                assert not internals(conn)._listeners
             held = await admin.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1", pid)
             assert held == 0
             assert await admin.fetchval("SELECT pg_try_advisory_lock(424242)")
@@ -190,11 +194,11 @@ async def test_rollback_policy_is_free_when_idle_and_keeps_session_state(make_co
         async with pool.acquire() as conn:
             await conn.execute("SET search_path TO pg_catalog")
             await conn.fetchval("SELECT 1")
-            queries = conn._protocol.queries_count  # type: ignore[attr-defined]
+            queries = internals(conn)._protocol.queries_count
             # An idle connection is reset without any I/O: done at the first step.
             with pytest.raises(StopIteration):
                 connector.reset(conn).send(None)
-            assert conn._protocol.queries_count == queries  # type: ignore[attr-defined]
+            assert internals(conn)._protocol.queries_count == queries
         async with pool.acquire() as conn:
             # The trade-off: session settings are the next borrower's problem.
             assert await conn.fetchval("SHOW search_path") == "pg_catalog"
@@ -414,3 +418,20 @@ async def test_max_queries_retires_a_connection_once_it_ran_that_many(make_conne
         # 2, 4, then 6 queries: retired after the third lease.
         assert pids[0] == pids[1] == pids[2] != pids[3]
         assert pool.stats().destroyed == 1
+
+
+@pytest.mark.asyncio
+async def test_a_failing_init_drops_the_connection_and_is_the_connect_error(
+    make_connector: MakeConnector, admin: Admin, app_name: str
+) -> None:
+    async def init(conn: asyncpg.Connection[Any]) -> None:
+        raise LookupError("no such codec")
+
+    pool = AsyncPool(make_connector(init=init), min_size=1, max_size=1, timeout=0.3)
+    try:
+        with pytest.raises(PoolTimeout) as caught:
+            await pool.open(wait=True)
+        assert isinstance(caught.value.__cause__, LookupError)
+    finally:
+        await pool.close()
+    await wait_for_backends(admin, app_name, 0)

@@ -75,7 +75,8 @@ async def test_query_shortcuts(make_pool: PoolFactory) -> None:
             rows = await pool.fetch(f"SELECT id, name FROM {table} WHERE id > $1 ORDER BY id", 1)
             assert [(row["id"], row["name"]) for row in rows] == [(2, "two"), (3, "three")]
             row = await pool.fetchrow(f"SELECT id, name FROM {table} WHERE id = $1", 3)
-            assert row is not None and row["name"] == "three"
+            assert row is not None
+            assert row["name"] == "three"
             assert await pool.fetchrow(f"SELECT id FROM {table} WHERE id = 99") is None
             assert await pool.fetchval(f"SELECT id, name FROM {table} WHERE id = 1", column=1) == "one"
             many = await pool.fetchmany("SELECT $1::int * 2 AS double", [(1,), (2,)])
@@ -237,11 +238,10 @@ async def test_a_connect_error_retrying_cannot_cure_is_raised_at_once(make_pool:
 
 @pytest.mark.asyncio
 async def test_asyncpg_options_map_onto_the_pool(make_pool: PoolFactory) -> None:
-    class Record(asyncpg.Record):
-        pass
-
-    class Connection(asyncpg.Connection):  # type: ignore[type-arg]
-        pass
+    # Built with type() so that the test type-checks with or without
+    # asyncpg's stubs installed.
+    Record = type("Record", (asyncpg.Record,), {})
+    Connection = type("Connection", (asyncpg.Connection,), {})
 
     pool = make_pool(
         min_size=0,
