@@ -231,7 +231,11 @@ class AsyncioBackend:
         async def call_with_timeout(self, seconds: float | None, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
             if seconds is None:
                 return await fn(*args)
-            return await asyncio.wait_for(fn(*args), seconds)
+            try:
+                return await asyncio.wait_for(fn(*args), seconds)
+            except asyncio.TimeoutError:
+                # Not yet the built-in TimeoutError on 3.10.
+                raise TimeoutError(f"timed out after {seconds} s") from None
 
     async def call_shielded(self, seconds: float, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         # Edge-triggered: a clean-up await after a CancelledError is not

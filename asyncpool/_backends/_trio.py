@@ -36,22 +36,34 @@ _WAITING, _HANDED, _GONE = 0, 1, 2
 
 
 class _Waiter:
-    __slots__ = ("state", "task")
+    __slots__ = ("deadline", "state", "task")
 
-    def __init__(self, task: trio.lowlevel.Task) -> None:
+    def __init__(self, task: trio.lowlevel.Task, deadline: float) -> None:
         self.task = task
+        self.deadline = deadline
         self.state = _WAITING
 
 
 class TrioWaitQueue:
-    """A FIFO of parked trio tasks."""
+    """A FIFO of parked trio tasks.
 
-    __slots__ = ("_owner", "_queue", "_token", "live")
+    As on asyncio, deadlines are enforced by one timer for the whole queue
+    rather than a cancel scope per wait (which costs more than the wait): a
+    system task sleeps in a cancel scope whose deadline is the head waiter's,
+    and wakes expired waiters with ``PoolTimeout``. A waiter whose deadline is
+    earlier than the one ahead of it uses a cancel scope of its own.
+    """
+
+    __slots__ = ("_owner", "_queue", "_reaper", "_stopped", "_tail_deadline", "_token", "live")
 
     def __init__(self, owner: WaitOwner, token: trio.lowlevel.TrioToken) -> None:
         self._owner = owner
         self._token = token
         self._queue: deque[_Waiter] = deque()
+        self._tail_deadline = -math.inf
+        #: The reaper's sleeping scope; its deadline is the next expiry.
+        self._reaper: trio.CancelScope | None = None
+        self._stopped = False
         self.live = 0
 
     def __len__(self) -> int:
@@ -62,20 +74,27 @@ class TrioWaitQueue:
             raise PoolError("this pool belongs to another trio run; create one pool per run")
         if deadline <= trio.current_time():
             raise self._owner.timeout_error()
-        waiter = _Waiter(trio.lowlevel.current_task())
+        waiter = _Waiter(trio.lowlevel.current_task(), deadline)
+        in_order = deadline >= self._tail_deadline
+        if in_order:
+            self._tail_deadline = deadline
+            self._arm(deadline)
         self._queue.append(waiter)
         self.live += 1
         self._owner.waiter_enqueued()
 
         def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
-            # Cancelled (or our deadline) while still parked: give up our place.
+            # Cancelled (or our own deadline) while still parked: give up our place.
             waiter.state = _GONE
             self.live -= 1
             self._after_removal()
             return trio.lowlevel.Abort.SUCCEEDED
 
-        with trio.CancelScope(deadline=deadline):
+        if in_order:
             entry: Entry[Any] = await trio.lowlevel.wait_task_rescheduled(abort)
+            return entry
+        with trio.CancelScope(deadline=deadline):
+            entry = await trio.lowlevel.wait_task_rescheduled(abort)
             return entry
         raise self._owner.timeout_error()
 
@@ -86,8 +105,11 @@ class TrioWaitQueue:
             if waiter.state == _WAITING:
                 waiter.state = _HANDED
                 self.live -= 1
+                if not self.live:
+                    self._tail_deadline = -math.inf
                 trio.lowlevel.reschedule(waiter.task, outcome.Value(entry))
                 return True
+        self._tail_deadline = -math.inf
         return False
 
     def fail_all(self, make_exc: Callable[[], BaseException]) -> None:
@@ -97,10 +119,50 @@ class TrioWaitQueue:
                 waiter.state = _HANDED
                 trio.lowlevel.reschedule(waiter.task, outcome.Error(make_exc()))
         self.live = 0
+        self._stopped = True
+        if self._reaper is not None:
+            self._reaper.cancel()
 
     def _after_removal(self) -> None:
+        if not self.live:
+            self._tail_deadline = -math.inf
         if len(self._queue) > 2 * self.live + 64:
             self._queue = deque(w for w in self._queue if w.state == _WAITING)
+
+    def _arm(self, deadline: float) -> None:
+        if deadline == math.inf or self._stopped:
+            return
+        if self._reaper is None:
+            self._reaper = trio.CancelScope(deadline=deadline)
+            trio.lowlevel.spawn_system_task(self._reap, self._reaper, name="asyncpool wait-queue deadlines")
+        elif deadline < self._reaper.deadline:
+            self._reaper.deadline = deadline
+
+    async def _reap(self, scope: trio.CancelScope) -> None:
+        while not self._stopped:
+            with scope:
+                await trio.sleep_forever()
+            if self._stopped or scope.cancel_called and scope.deadline > trio.current_time():
+                return
+            now = trio.current_time()
+            queue = self._queue
+            next_deadline = math.inf
+            while queue:
+                waiter = queue[0]
+                if waiter.state != _WAITING:
+                    queue.popleft()
+                elif waiter.deadline <= now:
+                    queue.popleft()
+                    waiter.state = _HANDED
+                    self.live -= 1
+                    trio.lowlevel.reschedule(waiter.task, outcome.Error(self._owner.timeout_error()))
+                else:
+                    next_deadline = waiter.deadline
+                    break
+            if not self.live:
+                self._tail_deadline = -math.inf
+            # A scope that has fired cannot sleep again: take a fresh one.
+            scope = self._reaper = trio.CancelScope(deadline=next_deadline)
 
 
 class _TaskHandle:
