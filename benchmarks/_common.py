@@ -60,23 +60,13 @@ def markdown_table(
     table = [[_cell(value) for value in row] for row in rows]
     for number, row in enumerate(table, 1):
         if len(row) != len(headers):
-            raise ValueError(
-                f"row {number} has {len(row)} cells, expected {len(headers)}"
-            )
+            raise ValueError(f"row {number} has {len(row)} cells, expected {len(headers)}")
     if align is None:
-        align = "".join(
-            "r" if table and all(_numeric(row[i]) for row in table) else "l"
-            for i in range(len(headers))
-        )
+        align = "".join("r" if table and all(_numeric(row[i]) for row in table) else "l" for i in range(len(headers)))
     if len(align) != len(headers) or set(align) - set("lrc"):
-        raise ValueError(
-            f"align must be {len(headers)} letters of l, r, c; got {align!r}"
-        )
+        raise ValueError(f"align must be {len(headers)} letters of l, r, c; got {align!r}")
     header_cells = [_cell(h) for h in headers]
-    widths = [
-        max(3, len(header_cells[i]), *(len(row[i]) for row in table))
-        for i in range(len(headers))
-    ]
+    widths = [max(3, len(header_cells[i]), *(len(row[i]) for row in table)) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
         padded = (
@@ -91,9 +81,7 @@ def markdown_table(
         "c": lambda w: ":" + "-" * (w - 2) + ":",
     }
     separator = [rules[a](w) for a, w in zip(align, widths, strict=True)]
-    return "\n".join(
-        [line(header_cells), line(separator), *(line(row) for row in table)]
-    )
+    return "\n".join([line(header_cells), line(separator), *(line(row) for row in table)])
 
 
 def replace_readme_section(path: str | os.PathLike[str], key: str, text: str) -> None:
@@ -112,13 +100,7 @@ def replace_readme_section(path: str | os.PathLike[str], key: str, text: str) ->
     finish = content.find(end, begin + len(start)) if begin >= 0 else -1
     if begin < 0 or finish < 0:
         raise ValueError(f"{file}: markers {start} ... {end} not found")
-    updated = (
-        content[: begin + len(start)]
-        + "\n"
-        + text.strip("\n")
-        + "\n"
-        + content[finish:]
-    )
+    updated = content[: begin + len(start)] + "\n" + text.strip("\n") + "\n" + content[finish:]
     if updated != content:
         file.write_text(updated, encoding="utf-8")
 
@@ -171,10 +153,7 @@ def _cpu_model() -> str:
         with Path("/proc/cpuinfo").open(encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
                 name, _, value = line.partition(":")
-                if (
-                    name.strip() in ("model name", "Hardware", "Processor")
-                    and value.strip()
-                ):
+                if name.strip() in ("model name", "Hardware", "Processor") and value.strip():
                     return value.strip()
     except OSError:
         pass

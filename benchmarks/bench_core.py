@@ -30,9 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asyncpool import AsyncPool  # noqa: E402
+from _common import machine_info, markdown_table, percentile, replace_readme_section
 
-from _common import machine_info, markdown_table, percentile, replace_readme_section  # noqa: E402
+from asyncpool import AsyncPool
 
 POOL_SIZE = 10
 CONCURRENCY = (10, 100, 1000)
@@ -153,7 +153,8 @@ async def asyncio_suite(total: int, rounds: int) -> list[dict[str, Any]]:
         floor_waits = await asyncio_floor_waits(queue, tasks, per_task)
         rows.append(_row(tasks, pool_rates, floor_rates, pool_waits, floor_waits))
     stats = pool.stats()
-    assert stats.in_use == 0 and stats.size == POOL_SIZE, stats
+    assert stats.in_use == 0, stats
+    assert stats.size == POOL_SIZE, stats
     await pool.close()
     return rows
 
@@ -327,7 +328,16 @@ def _row(
 
 
 def _table(results: dict[str, Any]) -> str:
-    headers = ["loop", "tasks", "asyncpool cycles/s", "floor cycles/s", "ratio", "wait p50 µs", "wait p99 µs", "p99/p50"]
+    headers = [
+        "loop",
+        "tasks",
+        "asyncpool cycles/s",
+        "floor cycles/s",
+        "ratio",
+        "wait p50 µs",
+        "wait p99 µs",
+        "p99/p50",
+    ]
     rows = []
     for loop, loop_rows in results["throughput"].items():
         for row in loop_rows:

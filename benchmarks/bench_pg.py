@@ -127,9 +127,7 @@ async def open_asyncpool(dsn: str, reset: str) -> OpenPool:
     from asyncpool import AsyncPool
     from asyncpool.asyncpg import AsyncpgConnector
 
-    pool = AsyncPool(
-        AsyncpgConnector(dsn, reset=reset), min_size=POOL_SIZE, max_size=POOL_SIZE
-    )
+    pool = AsyncPool(AsyncpgConnector(dsn, reset=reset), min_size=POOL_SIZE, max_size=POOL_SIZE)
     await pool.open(wait=True)
 
     async def cycle() -> None:
@@ -173,9 +171,7 @@ async def open_sqlalchemy(dsn: str) -> OpenPool:
     scheme, sep, rest = dsn.partition("://")
     if not sep or scheme not in ("postgresql", "postgres"):
         raise ValueError("SQLAlchemy needs a postgresql:// URL, not a keyword DSN")
-    engine = create_async_engine(
-        f"postgresql+asyncpg://{rest}", pool_size=POOL_SIZE, max_overflow=0
-    )
+    engine = create_async_engine(f"postgresql+asyncpg://{rest}", pool_size=POOL_SIZE, max_overflow=0)
     statement = text(QUERY)
     # The engine connects lazily; open all connections now, as the other
     # pools do, so that the first measurement does not pay for it.
@@ -239,22 +235,14 @@ def select_contenders(spec: str | None) -> list[Contender]:
     if spec is None:
         return contenders
     wanted = {name.strip() for name in spec.split(",") if name.strip()}
-    unknown = {
-        name
-        for name in wanted
-        if not any(c.key == name or c.key.startswith(name + "-") for c in contenders)
-    }
+    unknown = {name for name in wanted if not any(c.key == name or c.key.startswith(name + "-") for c in contenders)}
     if unknown:
         keys = ", ".join(c.key for c in contenders)
-        raise SystemExit(
-            f"unknown contender(s) {', '.join(sorted(unknown))}; known: {keys}"
-        )
+        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}; known: {keys}")
     return [
         c
         for c in contenders
-        if c.key == FLOOR
-        or c.key in wanted
-        or any(c.key.startswith(name + "-") for name in wanted)
+        if c.key == FLOOR or c.key in wanted or any(c.key.startswith(name + "-") for name in wanted)
     ]
 
 
@@ -333,9 +321,7 @@ async def measure(
         await asyncio.gather(*tasks, return_exceptions=True)
     failures = [exc for task in done if (exc := task.exception()) is not None]
     if pending:
-        point.error = (
-            f"{len(pending)} task(s) still running {DRAIN_TIMEOUT:.0f} s after the end"
-        )
+        point.error = f"{len(pending)} task(s) still running {DRAIN_TIMEOUT:.0f} s after the end"
     elif failures:
         point.error = _describe(failures[0])
     if point.error is not None:
@@ -368,7 +354,7 @@ async def run_loop(
         points.extend(row)
         try:
             pool = await asyncio.wait_for(contender.open(dsn), OPEN_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - any failure is a result to report
+        except Exception as exc:
             for point in row:
                 point.error = _describe(exc)
             log(f"[{loop_name}] {contender.label}: {row[0].error}")
@@ -382,7 +368,7 @@ async def run_loop(
         finally:
             try:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 - keep going after a failed close
+            except Exception as exc:
                 log(f"[{loop_name}] {contender.label}: close failed: {_describe(exc)}")
         for point in row:
             if point.ops_per_s is None and point.error is None:
@@ -399,7 +385,7 @@ async def warm_up_server(dsn: str, loop_name: str, *, seconds: float) -> None:
     """
     try:
         pool = await asyncio.wait_for(open_floor(dsn), OPEN_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - the contenders will report it
+    except Exception as exc:
         log(f"[{loop_name}] server warm-up skipped: {_describe(exc)}")
         return
     try:
@@ -455,12 +441,7 @@ def run_child(loop_name: str, args: argparse.Namespace) -> list[Point]:
         if args.contenders is not None:
             command += ["--contenders", args.contenders]
         # Enough for every contender to hit every one of its time limits.
-        per_contender = (
-            len(args.levels) * (args.seconds + args.warmup)
-            + OPEN_TIMEOUT
-            + DRAIN_TIMEOUT
-            + CLOSE_TIMEOUT
-        )
+        per_contender = len(args.levels) * (args.seconds + args.warmup) + OPEN_TIMEOUT + DRAIN_TIMEOUT + CLOSE_TIMEOUT
         contenders = len(select_contenders(args.contenders))
         budget = contenders * per_contender + SERVER_WARMUP + CHILD_TIMEOUT_MARGIN
         env = {**os.environ, DSN_ENV: args.dsn}
@@ -471,9 +452,7 @@ def run_child(loop_name: str, args: argparse.Namespace) -> list[Point]:
         else:
             if completed.returncode == 0 and result_file.exists():
                 return [Point(**raw) for raw in json.loads(result_file.read_text())]
-            error = (
-                f"the {loop_name} run failed with exit status {completed.returncode}"
-            )
+            error = f"the {loop_name} run failed with exit status {completed.returncode}"
     log(error)
     return [
         Point(loop_name, c.key, c.label, n, error=error)
@@ -484,11 +463,7 @@ def run_child(loop_name: str, args: argparse.Namespace) -> list[Point]:
 
 def add_ratios(points: Sequence[Point]) -> None:
     """Set each point's throughput as a ratio of the floor's."""
-    floor = {
-        (p.loop, p.concurrency): p.ops_per_s
-        for p in points
-        if p.contender == FLOOR and p.ops_per_s
-    }
+    floor = {(p.loop, p.concurrency): p.ops_per_s for p in points if p.contender == FLOOR and p.ops_per_s}
     for point in points:
         base = floor.get((point.loop, point.concurrency))
         if base and point.ops_per_s is not None:
@@ -514,7 +489,7 @@ def collect_machine_info(server: str) -> dict[str, str]:
             import asyncpool
 
             info["asyncpool"] = str(getattr(asyncpool, "__version__", "unknown"))
-        except Exception as exc:  # noqa: BLE001 - a half-written package fails any way
+        except Exception as exc:
             info["asyncpool"] = f"not importable ({type(exc).__name__})"
     info["postgresql"] = server
     return info
@@ -611,32 +586,22 @@ def plot(points: Sequence[Point], info: dict[str, str], path: Path) -> None:
     from matplotlib.ticker import StrMethodFormatter
 
     loops = [name for name in LOOPS if any(p.loop == name for p in points)]
-    contenders = [
-        c for c in all_contenders() if any(p.contender == c.key for p in points)
-    ]
+    contenders = [c for c in all_contenders() if any(p.contender == c.key for p in points)]
     # Fixed colours, so a contender that failed on one loop only does not
     # shift the colours of the others.
     palette = matplotlib.colormaps["tab10"]
-    colours: dict[str, Any] = {
-        c.key: palette(i % palette.N)
-        for i, c in enumerate(contenders)
-        if c.key != FLOOR
-    }
+    colours: dict[str, Any] = {c.key: palette(i % palette.N) for i, c in enumerate(contenders) if c.key != FLOOR}
     colours[FLOOR] = "black"
     levels = sorted({p.concurrency for p in points})
     top = max((p.ops_per_s or 0.0 for p in points), default=0.0)
 
-    figure, axes = plt.subplots(
-        1, len(loops), figsize=(6 * len(loops), 5.2), sharey=True, squeeze=False
-    )
+    figure, axes = plt.subplots(1, len(loops), figsize=(6 * len(loops), 5.2), sharey=True, squeeze=False)
     for ax, loop_name in zip(axes[0], loops, strict=True):
         for contender in contenders:
             series = sorted(
                 (p.concurrency, p.ops_per_s)
                 for p in points
-                if p.loop == loop_name
-                and p.contender == contender.key
-                and p.ops_per_s is not None
+                if p.loop == loop_name and p.contender == contender.key and p.ops_per_s is not None
             )
             if series:
                 ax.plot(
@@ -662,9 +627,7 @@ def plot(points: Sequence[Point], info: dict[str, str], path: Path) -> None:
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    figure.legend(
-        handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False
-    )
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
     figure.suptitle(
         f"acquire → {QUERY} → release, pool of {POOL_SIZE} · "
         f"{info['cpu']}, {info['cores']} cores · PostgreSQL {info['postgresql']}",
@@ -677,9 +640,7 @@ def plot(points: Sequence[Point], info: dict[str, str], path: Path) -> None:
     plt.close(figure)
 
 
-def readme_section(
-    table: str, info: dict[str, str], settings: dict[str, Any], image: str
-) -> str:
+def readme_section(table: str, info: dict[str, str], settings: dict[str, Any], image: str) -> str:
     """Compose the text that goes between the README markers."""
     quick = " (quick smoke run: numbers are rough)" if settings["quick"] else ""
     return "\n".join(
@@ -704,7 +665,7 @@ def parent_main(args: argparse.Namespace) -> int:
     log(f"server: {mask_dsn(args.dsn)}")
     try:
         server = asyncio.run(server_version(args.dsn))
-    except Exception as exc:  # noqa: BLE001 - whatever the cause, there is no server
+    except Exception as exc:
         print(
             f"error: cannot reach PostgreSQL at {mask_dsn(args.dsn)}: "
             f"{_describe(exc)}\n"
@@ -758,13 +719,9 @@ def parent_main(args: argparse.Namespace) -> int:
 
     if args.readme is not None:
         readme = Path(args.readme)
-        image = Path(
-            os.path.relpath(png_path.resolve(), readme.resolve().parent)
-        ).as_posix()
+        image = Path(os.path.relpath(png_path.resolve(), readme.resolve().parent)).as_posix()
         try:
-            replace_readme_section(
-                readme, README_KEY, readme_section(table, info, settings, image)
-            )
+            replace_readme_section(readme, README_KEY, readme_section(table, info, settings, image))
         except (OSError, ValueError) as exc:
             print(f"error: cannot update {readme}: {exc}", file=sys.stderr)
             return 1
@@ -814,9 +771,7 @@ def _levels(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
     if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError(
-            "concurrency levels must be integers of at least 1"
-        )
+        raise argparse.ArgumentTypeError("concurrency levels must be integers of at least 1")
     return levels
 
 
@@ -831,21 +786,18 @@ def _loops(text: str) -> tuple[str, ...]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line and settle the defaults that depend on --quick."""
     parser = argparse.ArgumentParser(
-        description="Benchmark acquire -> SELECT 1 -> release on PostgreSQL: "
-        "asyncpool against other pools.",
+        description="Benchmark acquire -> SELECT 1 -> release on PostgreSQL: asyncpool against other pools.",
         epilog=f"Server: ${DSN_ENV} (default {DEFAULT_DSN}).",
     )
     parser.add_argument(
         "--seconds",
         type=float,
-        help=f"measuring time per point in seconds (default {DEFAULT_SECONDS:g}; "
-        f"{QUICK_SECONDS:g} with --quick)",
+        help=f"measuring time per point in seconds (default {DEFAULT_SECONDS:g}; {QUICK_SECONDS:g} with --quick)",
     )
     parser.add_argument(
         "--warmup",
         type=float,
-        help=f"warm-up before each point in seconds (default {DEFAULT_WARMUP:g}; "
-        f"{QUICK_WARMUP:g} with --quick)",
+        help=f"warm-up before each point in seconds (default {DEFAULT_WARMUP:g}; {QUICK_WARMUP:g} with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument(
@@ -853,9 +805,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="levels",
         type=_levels,
         default=CONCURRENCY_LEVELS,
-        help="comma-separated task counts (default: "
-        + ",".join(map(str, CONCURRENCY_LEVELS))
-        + ")",
+        help="comma-separated task counts (default: " + ",".join(map(str, CONCURRENCY_LEVELS)) + ")",
     )
     parser.add_argument(
         "--loops",
@@ -865,8 +815,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--contenders",
-        help="comma-separated contenders to run (the floor always runs): "
-        + ", ".join(c.key for c in all_contenders()),
+        help="comma-separated contenders to run (the floor always runs): " + ", ".join(c.key for c in all_contenders()),
     )
     parser.add_argument(
         "--output-dir",

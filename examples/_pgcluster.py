@@ -173,8 +173,7 @@ class TemporaryCluster:
         bindir = self._bindir or find_server_bindir()
         if bindir is None:
             raise ClusterError(
-                "PostgreSQL server binaries (initdb, pg_ctl) not found in "
-                "/usr/lib/postgresql/*/bin or on PATH"
+                "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin or on PATH"
             )
         self._bindir = bindir
         self._directory = self._make_directory()
@@ -233,8 +232,7 @@ class TemporaryCluster:
             except KeyError:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise ClusterError(
-                    f"running as root, but there is no {SERVICE_USER!r} OS user "
-                    "to run the PostgreSQL server as"
+                    f"running as root, but there is no {SERVICE_USER!r} OS user to run the PostgreSQL server as"
                 ) from None
             os.chown(directory, account.pw_uid, account.pw_gid)
         return directory
@@ -269,11 +267,7 @@ class TemporaryCluster:
                 **_SERVER_SETTINGS,
             }
             # pg_ctl hands -o to a shell, hence the quoting.
-            options = shlex.join(
-                token
-                for name, value in settings.items()
-                for token in ("-c", f"{name}={value}")
-            )
+            options = shlex.join(token for name, value in settings.items() for token in ("-c", f"{name}={value}"))
             try:
                 self._run(
                     [
@@ -347,18 +341,14 @@ class TemporaryCluster:
         with proc:
             while True:
                 try:
-                    stdout, stderr = proc.communicate(
-                        timeout=max(deadline - time.monotonic(), 0.0)
-                    )
+                    stdout, stderr = proc.communicate(timeout=max(deadline - time.monotonic(), 0.0))
                     break
                 except KeyboardInterrupt:
                     interrupted = True
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.communicate()
-                    raise ClusterError(
-                        f"{what} did not finish within {timeout:.0f} s"
-                    ) from None
+                    raise ClusterError(f"{what} did not finish within {timeout:.0f} s") from None
         if interrupted:
             raise KeyboardInterrupt
         if proc.returncode != 0:

@@ -91,9 +91,7 @@ CREATE TABLE {TABLE} (
     ts      timestamptz   NOT NULL
 )
 """
-INSERT_TRADE = (
-    f"INSERT INTO {TABLE} (phase, symbol, price, qty, ts) VALUES ($1, $2, $3, $4, $5)"
-)
+INSERT_TRADE = f"INSERT INTO {TABLE} (phase, symbol, price, qty, ts) VALUES ($1, $2, $3, $4, $5)"
 
 EXIT_NO_DATABASE = 2
 EXIT_INTERRUPTED = 130
@@ -174,10 +172,7 @@ class Progress:
         elapsed = time.perf_counter() - self._started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         percent = 100.0 * self.done / self.total if self.total else 100.0
-        return (
-            f"{self.label}: {self.done}/{self.total} trades ({percent:5.1f}%), "
-            f"{rate:,.0f} trades/s"
-        )
+        return f"{self.label}: {self.done}/{self.total} trades ({percent:5.1f}%), {rate:,.0f} trades/s"
 
     def _show(self) -> None:
         if self._tty:
@@ -213,9 +208,7 @@ class Progress:
 LogTrade = Callable[[Trade], Awaitable[None]]
 
 
-async def run_phase(
-    name: str, trades: Sequence[Trade], concurrency: int, log_trade: LogTrade
-) -> PhaseResult:
+async def run_phase(name: str, trades: Sequence[Trade], concurrency: int, log_trade: LogTrade) -> PhaseResult:
     """Log ``trades`` with ``concurrency`` tasks, each calling ``log_trade``.
 
     The tasks share one queue of trades, so a slow trade holds back only the
@@ -241,9 +234,7 @@ async def run_phase(
     return PhaseResult(name, len(latencies), elapsed, latencies)
 
 
-async def connect_per_trade(
-    dsn: str, trades: Sequence[Trade], concurrency: int
-) -> PhaseResult:
+async def connect_per_trade(dsn: str, trades: Sequence[Trade], concurrency: int) -> PhaseResult:
     """Phase 1: open a fresh connection for every single trade."""
 
     async def log_trade(trade: Trade) -> None:
@@ -263,9 +254,7 @@ async def connect_per_trade(
     return await run_phase("connect per trade", trades, concurrency, log_trade)
 
 
-async def pooled(
-    dsn: str, trades: Sequence[Trade], concurrency: int, pool_size: int
-) -> PhaseResult:
+async def pooled(dsn: str, trades: Sequence[Trade], concurrency: int, pool_size: int) -> PhaseResult:
     """Phase 2: borrow an open connection from an :class:`AsyncPool`."""
     pool = AsyncPool(AsyncpgConnector(dsn), min_size=pool_size, max_size=pool_size)
     opening = time.perf_counter()
@@ -284,14 +273,10 @@ async def pooled(
                     datetime.now(UTC),
                 )
 
-        result = await run_phase(
-            f"asyncpool ({pool_size} connections)", trades, concurrency, log_trade
-        )
+        result = await run_phase(f"asyncpool ({pool_size} connections)", trades, concurrency, log_trade)
     finally:
         await pool.close()
-    result.note = (
-        f"opening the pool ({pool_size} connections) took {warm_up * 1000:.0f} ms"
-    )
+    result.note = f"opening the pool ({pool_size} connections) took {warm_up * 1000:.0f} ms"
     return result
 
 
@@ -324,9 +309,7 @@ def choose_database(local_dsn: str) -> Iterator[str]:
     if configured:
         reason = asyncio.run(probe(configured))
         if reason is not None:
-            raise NoDatabaseError(
-                f"cannot connect to {mask_dsn(configured)} (from ${DSN_ENV}): {reason}"
-            )
+            raise NoDatabaseError(f"cannot connect to {mask_dsn(configured)} (from ${DSN_ENV}): {reason}")
         say(f"database: {mask_dsn(configured)} (from ${DSN_ENV})")
         yield configured
         return
@@ -377,9 +360,7 @@ async def count_logged(dsn: str) -> dict[str, int]:
     """How many rows each phase wrote, as a check that nothing was lost."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch(
-            f"SELECT phase, count(*) AS n FROM {TABLE} GROUP BY phase"
-        )
+        rows = await conn.fetch(f"SELECT phase, count(*) AS n FROM {TABLE} GROUP BY phase")
     finally:
         await conn.close()
     return {row["phase"]: row["n"] for row in rows}
@@ -388,9 +369,7 @@ async def count_logged(dsn: str) -> dict[str, int]:
 # -- report ------------------------------------------------------------------------
 
 
-def report(
-    results: Sequence[PhaseResult], concurrency: int, stream: TextIO = sys.stdout
-) -> None:
+def report(results: Sequence[PhaseResult], concurrency: int, stream: TextIO = sys.stdout) -> None:
     """Print the comparison table and the speed-up."""
     headers = ("phase", "trades", "trades/s", "p50 ms", "p99 ms")
     rows = [
@@ -403,15 +382,11 @@ def report(
         )
         for r in results
     ]
-    widths = [
-        max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)
-    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])
-        rest = (
-            cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)
-        )
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
         return "  ".join((first, *rest))
 
     print(file=stream)
@@ -427,8 +402,7 @@ def report(
         baseline, pooled_result = results
         speed_up = pooled_result.rate / baseline.rate
         print(
-            f"\nspeed-up: {speed_up:.1f}x more trades/s with asyncpool than with "
-            f"a connection per trade",
+            f"\nspeed-up: {speed_up:.1f}x more trades/s with asyncpool than with a connection per trade",
             file=stream,
         )
 
@@ -454,8 +428,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Log trades to PostgreSQL with a connection per trade, then "
         "through an asyncpool pool, and compare.",
-        epilog=f"Database: ${DSN_ENV} if set, else {LOCAL_DSN}, else a throwaway "
-        "cluster if PostgreSQL is installed.",
+        epilog=f"Database: ${DSN_ENV} if set, else {LOCAL_DSN}, else a throwaway cluster if PostgreSQL is installed.",
     )
     parser.add_argument(
         "--trades",
@@ -495,9 +468,7 @@ async def run(dsn: str, args: argparse.Namespace) -> list[PhaseResult]:
             logged = await count_logged(dsn)
     expected = {"connect": args.trades, "pool": args.trades}
     if logged != expected:
-        raise RuntimeError(
-            f"rows written {logged} differ from trades logged {expected}"
-        )
+        raise RuntimeError(f"rows written {logged} differ from trades logged {expected}")
     return results
 
 

@@ -16,7 +16,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import outcome
 import trio
@@ -91,11 +91,9 @@ class TrioWaitQueue:
             return trio.lowlevel.Abort.SUCCEEDED
 
         if in_order:
-            entry: Entry[Any] = await trio.lowlevel.wait_task_rescheduled(abort)
-            return entry
+            return cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
         with trio.CancelScope(deadline=deadline):
-            entry = await trio.lowlevel.wait_task_rescheduled(abort)
-            return entry
+            return cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
         raise self._owner.timeout_error()
 
     def hand_over(self, entry: Entry[Any]) -> bool:
@@ -142,7 +140,7 @@ class TrioWaitQueue:
         while not self._stopped:
             with scope:
                 await trio.sleep_forever()
-            if self._stopped or scope.cancel_called and scope.deadline > trio.current_time():
+            if self._stopped or (scope.cancel_called and scope.deadline > trio.current_time()):
                 return
             now = trio.current_time()
             queue = self._queue
