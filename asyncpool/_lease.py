@@ -6,7 +6,7 @@ from collections.abc import Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
-from ._state import LEASED, RETURNING
+from ._state import IDLE, LEASED, RETURNING
 
 if TYPE_CHECKING:
     from ._pool import AsyncPool
@@ -41,11 +41,23 @@ class Lease(Generic[R]):
     async def __aenter__(self) -> R:
         pool = self._pool
         state = pool._state
-        # The uncontended path: an idle resource and nobody queued ahead.
-        if state.idle and not state.waiters.live:
-            entry = state.checkout()
-            if entry is None or entry.state != LEASED:
-                entry = await pool._acquire_entry(self._timeout, entry)
+        idle = state.idle
+        # The uncontended path, ``PoolState.checkout`` unrolled for the case
+        # that needs no decision: nobody queued ahead, and the warmest idle
+        # entry is neither expired nor due for validation. Anything else goes
+        # through ``checkout`` and the slow path.
+        if idle and not state.waiters.live:
+            entry = idle[-1]
+            now = state.now()
+            if now - entry.last_ok <= state.validate_window and now < entry.expires_at and state.lend_unchecked:
+                idle.pop()
+                entry.state = LEASED
+                entry.serial += 1
+                state.acquired += 1
+            else:
+                entry = state.checkout()
+                if entry is None or entry.state != LEASED:
+                    entry = await pool._acquire_entry(self._timeout, entry)
         else:
             entry = await pool._acquire_entry(self._timeout, None)
         self._entry = entry
@@ -76,4 +88,16 @@ class Lease(Generic[R]):
                 if isinstance(reset_exc, Exception):
                     return
                 raise
-        pool._state.checkin(entry)
+        state = pool._state
+        if state.waiters.live or state.closed or entry.state != RETURNING:
+            state.checkin(entry)
+            return
+        # ``PoolState.checkin`` unrolled for the case with nothing to decide:
+        # nobody waits, the pool is open, the entry has not expired.
+        now = state.now()
+        if now >= entry.expires_at:
+            state.checkin(entry)
+            return
+        entry.last_ok = entry.idle_since = now
+        entry.state = IDLE
+        state.idle.append(entry)

@@ -87,6 +87,7 @@ class PoolState(Generic[R]):
         "health_failures",
         "idle",
         "last_connect_error",
+        "lend_unchecked",
         "now",
         "on_change",
         "rejected",
@@ -94,12 +95,17 @@ class PoolState(Generic[R]):
         "start_close",
         "start_connect",
         "timeouts",
+        "validate_window",
         "waiters",
     )
 
     def __init__(self, config: PoolConfig, is_closed: Callable[[R], bool] | None) -> None:
         self.cfg = config
         self._is_closed = is_closed
+        #: Idle time after which an entry is validated before lending.
+        self.validate_window = math.inf if config.validate_after is None else config.validate_after
+        #: No cheap local "is it closed?" check to run before lending.
+        self.lend_unchecked = is_closed is None
         self.idle: deque[Entry[R]] = deque()
         #: Every entry that exists, by ``id(resource)``, so ``release()`` can
         #: find it; plus lent ones that ``close()`` destroyed under their
@@ -204,13 +210,13 @@ class PoolState(Generic[R]):
         if self.closed or entry.expires_at <= now:
             self.discard(entry)
             return
-        entry.last_ok = now
+        entry.last_ok = entry.idle_since = now
         entry.suspect = False
-        entry.state = ASSIGNED
-        if self.waiters.live and self.waiters.hand_over(entry):
-            return
+        if self.waiters.live:
+            entry.state = ASSIGNED
+            if self.waiters.hand_over(entry):
+                return
         entry.state = IDLE
-        entry.idle_since = now
         self.idle.append(entry)
 
     def give_back(self, entry: Entry[R]) -> None:
