@@ -55,9 +55,10 @@ class Lease(Generic[R]):
                 entry.serial += 1
                 state.acquired += 1
             else:
-                entry = state.checkout()
-                if entry is None or entry.state != LEASED:
-                    entry = await pool._acquire_entry(self._timeout, entry)
+                taken = state.checkout()
+                if taken is None or taken.state != LEASED:
+                    taken = await pool._acquire_entry(self._timeout, taken)
+                entry = taken
         else:
             entry = await pool._acquire_entry(self._timeout, None)
         self._entry = entry
