@@ -219,7 +219,10 @@ class AsyncPool(Generic[R]):
         st.start_close = self._start_close
         st.on_change = self._on_change
         st.reset_counters()
-        self._inline_release = not self._background_reset and not backend.level_triggered
+        # Also under trio: a lease left normally is rarely in a cancelled
+        # scope, and a reset interrupted there retires the resource; the
+        # shielded path is for ``release()`` in a ``finally``.
+        self._inline_release = not self._background_reset
         interval = self._config.health_check_interval
         if interval is not None:
             self._maintenance = backend.spawn(health_loop, weakref.ref(self), interval)
@@ -382,7 +385,7 @@ class AsyncPool(Generic[R]):
             entry.state = RETURNING
             st.discard(entry)
             return
-        if self._background_reset and not st.waiters.live:
+        if self._reset_off_path():
             self._return_later(entry, False)
             return
         await self._return(entry, False)
@@ -394,10 +397,7 @@ class AsyncPool(Generic[R]):
                 self._state.entries.pop(entry.key, None)
             return
         if exc is None:
-            if self._background_reset and not self._state.waiters.live:
-                # Nobody waits: the handler need not wait for the reset round
-                # trip. When tasks wait, resetting inline is cheaper than a
-                # task per release and the resource goes straight on to them.
+            if self._reset_off_path():
                 self._return_later(entry, False)
             else:
                 await self._return(entry, False)
@@ -457,6 +457,18 @@ class AsyncPool(Generic[R]):
         if not entry.suspect:
             return True
         return bool(await self._connector.validate(entry.resource))
+
+    def _reset_off_path(self) -> bool:
+        """Reset a released resource in the background rather than inline?
+
+        Only when the connector asks for it, nobody waits and another
+        resource is idle: then the releasing handler need not wait for the
+        reset round trip, and whoever acquires next is not kept waiting for
+        this one either. Otherwise resetting inline is cheaper than a task
+        per release, and the resource goes straight on to the next borrower.
+        """
+        st = self._state
+        return self._background_reset and not st.waiters.live and bool(st.idle)
 
     def _return_later(self, entry: Entry[R], suspect: bool) -> None:
         """Hand a released entry to a background task for its clean-up."""

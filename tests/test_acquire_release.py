@@ -280,10 +280,20 @@ async def test_background_reset_keeps_the_resource_across_many_leases() -> None:
 
 async def test_background_reset_not_awaited_by_the_releasing_caller() -> None:
     connector = BackgroundResetConnector(reset_delay=0.3)
-    async with AsyncPool(connector, max_size=2) as pool:
+    async with AsyncPool(connector, min_size=2, max_size=2) as pool:
+        await pool.open(wait=True)
         res = await pool.acquire()
         with anyio.fail_after(0.2):
             await pool.release(res)
         assert pool.stats().in_use == 1, "still being reset"
         await anyio.sleep(0.5)
+        assert pool.stats().idle == 2
+
+
+async def test_background_reset_runs_inline_when_nothing_else_is_idle() -> None:
+    connector = BackgroundResetConnector(reset_delay=0.1)
+    async with AsyncPool(connector, max_size=1) as pool:
+        res = await pool.acquire()
+        await pool.release(res)  # the next acquire would wait for it anyway
         assert pool.stats().idle == 1
+        assert res.resets == 1
