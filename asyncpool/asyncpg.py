@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     Connection: TypeAlias = asyncpg.Connection[Any]
     ConnHook: TypeAlias = Callable[[Connection], Awaitable[object]]
 
-__all__ = ["AsyncpgConnector", "Pool", "PoolAcquireContext", "create_pool"]
+__all__ = ["AsyncpgConnector", "Pool", "PoolAcquireContext", "create_pool", "mask_dsn"]
 
 logger = logging.getLogger("asyncpool.asyncpg")
 
@@ -182,20 +182,17 @@ def _dsn_passwords(dsn: str) -> list[str]:
     return found
 
 
-def _mask_dsn(dsn: str) -> str:
-    """``dsn`` with its password, in the user part or the query, as ``***``."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable dsn>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hosts = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{hosts}"
-    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
-    return parts._replace(netloc=netloc, query=query).geturl()
+def mask_dsn(dsn: str) -> str:
+    """``dsn`` with any password shown as ``***``, safe to print or log.
+
+    Handles URLs (``postgresql://user:secret@host/db``, ``?password=secret``)
+    and libpq keyword strings (``host=h password=secret``).
+    """
+    if "://" in dsn:
+        # Up to the last "@": a password with a stray "/" or "@" stays hidden.
+        masked = re.sub(r"(://[^:/?#@\s]*:)\S*@", r"\1***@", dsn)
+        return re.sub(r"([?&]password=)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
 
 
 def _exception_chain(exc: BaseException) -> Iterable[BaseException]:
@@ -305,7 +302,7 @@ class AsyncpgConnector(Connector["Connection"]):
 
     def __repr__(self) -> str:
         if self._dsn is not None:
-            target = repr(_mask_dsn(self._dsn))
+            target = repr(mask_dsn(self._dsn))
         else:
             shown = {k: v for k, v in self._connect_kwargs.items() if k in ("host", "port", "user", "database")}
             target = " ".join(f"{k}={v!r}" for k, v in shown.items()) or "(from the environment)"

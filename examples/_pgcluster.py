@@ -43,7 +43,6 @@ __all__ = [
     "ClusterError",
     "TemporaryCluster",
     "find_server_bindir",
-    "mask_dsn",
 ]
 
 #: The OS user that owns the cluster when this process runs as root.
@@ -89,24 +88,6 @@ def find_server_bindir() -> Path | None:
         if all(os.access(directory / tool, os.X_OK) for tool in _SERVER_TOOLS):
             return directory
     return None
-
-
-def mask_dsn(dsn: str) -> str:
-    """Return ``dsn`` with any password replaced by ``***``, safe to display.
-
-    Handles URLs (``postgresql://user:secret@host/db``, ``?password=secret``)
-    and libpq keyword strings (``host=h password=secret``).
-    """
-    if "://" in dsn:
-        # Up to the last "@": a password with a stray "/" or "@" stays hidden.
-        masked = re.sub(r"(://[^:/?#@\s]*:)\S*@", r"\1***@", dsn)
-        return re.sub(r"([?&]password=)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
-    return re.sub(
-        r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
-        r"\1***",
-        dsn,
-        flags=re.IGNORECASE,
-    )
 
 
 class TemporaryCluster:

@@ -50,11 +50,11 @@ from types import FrameType
 from typing import TextIO
 
 import asyncpg
-from _pgcluster import ClusterError, TemporaryCluster, find_server_bindir, mask_dsn
+from _pgcluster import ClusterError, TemporaryCluster, find_server_bindir
 
 try:
     from asyncpool import AsyncPool
-    from asyncpool.asyncpg import AsyncpgConnector
+    from asyncpool.asyncpg import AsyncpgConnector, mask_dsn
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise SystemExit(
         "This demo needs asyncpool: `pip install -e .` in the repository, "
