@@ -358,6 +358,8 @@ def _table(results: dict[str, Any]) -> str:
     lines = [
         markdown_table(headers, rows),
         "",
+        _targets(results),
+        "",
         f"Memory (tracemalloc, {results['waiters']:,} tasks waiting on a pool of {POOL_SIZE}): "
         f"the pool's own bookkeeping is **{memory['per_waiter_pool_bytes']:.0f} bytes per waiting task** "
         f"(everything allocated per waiting task, the task itself included: "
@@ -371,6 +373,38 @@ def _table(results: dict[str, Any]) -> str:
         f"uvloop {info.get('uvloop', '-')}, trio {info.get('trio', '-')}. "
         "Produced by `nox -s bench` (`python benchmarks/bench_core.py --readme README.md`).",
     ]
+    return "\n".join(lines)
+
+
+def _verdict(value: float, target: float, *, at_most: bool = False) -> str:
+    met = value <= target if at_most else value >= target
+    return "met" if met else "**not met**"
+
+
+def _targets(results: dict[str, Any]) -> str:
+    """The issue's targets, checked against this run's figures."""
+    lines = ["Targets, checked against this run:", ""]
+    for loop, loop_rows in results["throughput"].items():
+        by_tasks = {row["tasks"]: row for row in loop_rows}
+        if loop == "trio":
+            worst = min(row["ratio"] for row in loop_rows)
+            lines.append(
+                f"- trio: at least 0.8x its floor at every concurrency: lowest {worst:.2f}x, {_verdict(worst, 0.8)}"
+            )
+            continue
+        one = by_tasks[1]["ratio"]
+        contended = min(by_tasks[t]["ratio"] for t in CONCURRENCY)
+        spread = by_tasks[1000]["p99_over_p50"]
+        lines.append(
+            f"- {loop}: uncontended at least 0.5x: {one:.2f}x, {_verdict(one, 0.5)}; "
+            f"contended at least 0.7x at every concurrency: lowest {contended:.2f}x, {_verdict(contended, 0.7)}; "
+            f"p99 wait at most 2x p50 at 1000 tasks: {spread:.2f}x, {_verdict(spread, 2.0, at_most=True)}"
+        )
+    per_waiter = results["memory"]["per_waiter_pool_bytes"]
+    lines.append(
+        f"- memory: under 1 KiB of pool bookkeeping per waiting task: {per_waiter:.0f} bytes, "
+        f"{_verdict(per_waiter, 1024, at_most=True)}"
+    )
     return "\n".join(lines)
 
 
