@@ -12,18 +12,25 @@ asyncio loop and once on uvloop. The contenders:
 * the floor: a bare ``asyncio.Queue`` of 10 raw asyncpg connections, the
   least any pool can do (no reset, no health checks, no bookkeeping).
 
-Each point runs for a fixed time after a warm-up and reports operations per
-second, that figure as a ratio of the floor's at the same loop and
-concurrency, and the median and 99th percentile of the time one operation
-took, from asking for a connection until it was given back.
+At each concurrency the contenders take turns: every contender's pool is
+opened, then ``--rounds`` rounds (default 3) each run every contender once
+for ``--seconds`` (default 1), in the same order, the first round of each
+after its warm-up. Interleaving spreads slow drifts in the machine's speed
+over all contenders alike, where running them one after the other would
+penalise whichever ran during a slow spell. Each point reports operations
+per second (the median over its rounds), that figure as a ratio of the
+floor's at the same loop and concurrency, and the median and 99th
+percentile of the time one operation took, from asking for a connection
+until it was given back (each the median of the rounds' own). The JSON
+file keeps every round's figures as well.
 
 Each event-loop flavour runs in a fresh subprocess of this script, so one
 loop's leftovers (caches, garbage, open sockets) cannot colour the other's.
 
 Usage::
 
-    python benchmarks/bench_pg.py                     # full run, ~2 minutes
-    python benchmarks/bench_pg.py --quick             # smoke run, ~20 seconds
+    python benchmarks/bench_pg.py                     # full run, ~3 minutes
+    python benchmarks/bench_pg.py --quick             # smoke run, ~30 seconds
     python benchmarks/bench_pg.py --readme README.md  # also update README.md
     python benchmarks/bench_pg.py --contenders asyncpg,psycopg_pool,sqlalchemy
 
@@ -43,12 +50,13 @@ import contextlib
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -80,10 +88,12 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: Unmeasured load on the server before the first contender of each loop.
 SERVER_WARMUP = 1.0
 
-DEFAULT_SECONDS = 2.0
+DEFAULT_SECONDS = 1.0
 DEFAULT_WARMUP = 0.5
+DEFAULT_ROUNDS = 3
 QUICK_SECONDS = 0.3
 QUICK_WARMUP = 0.1
+QUICK_ROUNDS = 1
 
 #: Limits that keep a broken contender from hanging the whole run.
 OPEN_TIMEOUT = 60.0
@@ -248,10 +258,35 @@ def select_contenders(spec: str | None) -> list[Contender]:
 
 # -- measuring (runs in the child process) ----------------------------------------
 
+#: The error of a point left out because its contender failed at a lower level.
+NOT_RUN = "not run (an earlier level failed)"
+
+
+@dataclass(slots=True)
+class Round:
+    """One round of one point: the contender measured once for ``--seconds``."""
+
+    ops: int
+    seconds: float
+    ops_per_s: float
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    p999_ms: float | None = None
+    max_ms: float | None = None
+    #: Throughput as a ratio of the floor's in the round of the same number.
+    ratio_to_floor: float | None = None
+
 
 @dataclass(slots=True)
 class Point:
-    """One measurement: a contender at one concurrency on one loop."""
+    """A contender at one concurrency on one loop, over all its rounds.
+
+    ``ops_per_s`` and the percentiles are medians of the rounds' figures,
+    ``max_ms`` the largest of them, ``ops`` and ``seconds`` their totals;
+    ``rounds`` keeps each round's own figures. A point with an ``error`` has
+    no figures (its rounds up to the failure are still kept).
+    """
 
     loop: str
     contender: str
@@ -267,10 +302,34 @@ class Point:
     p999_ms: float | None = None
     max_ms: float | None = None
     error: str | None = None
+    rounds: list[Round] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Point:
+        """Rebuild a point from its :func:`dataclasses.asdict` form."""
+        return cls(**{**raw, "rounds": [Round(**r) for r in raw.get("rounds", ())]})
+
+    def summarise(self) -> None:
+        """Set the point's figures from its rounds."""
+        rounds = self.rounds
+        if not rounds:
+            return
+        self.ops = sum(r.ops for r in rounds)
+        self.seconds = sum(r.seconds for r in rounds)
+        self.ops_per_s = statistics.median(r.ops_per_s for r in rounds)
+        self.p50_ms = _median(r.p50_ms for r in rounds)
+        self.p90_ms = _median(r.p90_ms for r in rounds)
+        self.p99_ms = _median(r.p99_ms for r in rounds)
+        self.p999_ms = _median(r.p999_ms for r in rounds)
+        self.max_ms = max((r.max_ms for r in rounds if r.max_ms is not None), default=None)
+
+
+class RoundFailed(Exception):
+    """A round could not be measured; the message says why."""
 
 
 class _Window:
-    """Shared state of one measurement: whether to record, whether to stop."""
+    """Shared state of one round: whether to record, whether to stop."""
 
     def __init__(self) -> None:
         self.recording = False
@@ -280,17 +339,18 @@ class _Window:
 
 async def measure(
     cycle: Callable[[], Awaitable[None]],
-    point: Point,
+    concurrency: int,
     *,
     warmup: float,
     seconds: float,
-) -> None:
-    """Run ``cycle`` from ``point.concurrency`` tasks and fill in ``point``.
+) -> Round:
+    """Run ``cycle`` from ``concurrency`` tasks for one round; return its figures.
 
-    The tasks run through the warm-up and the measuring window without a
-    break; only operations that finish inside the window count. Afterwards
-    the tasks finish the operation they are in, so the pool is left idle
-    and whole for the next point.
+    The tasks run through the warm-up (if any) and the measuring window
+    without a break; only operations that finish inside the window count.
+    Afterwards the tasks finish the operation they are in, so the pool is
+    left idle and whole for the next round. Raises :exc:`RoundFailed` if a
+    task failed or did not finish in time.
     """
     window = _Window()
 
@@ -304,14 +364,14 @@ async def measure(
                 latencies.append(clock() - started)
 
     gc.collect()
-    tasks = [asyncio.create_task(worker()) for _ in range(point.concurrency)]
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     try:
         await asyncio.sleep(warmup)
         window.recording = True
         started = time.perf_counter()
         await asyncio.sleep(seconds)
         window.recording = False
-        point.seconds = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
         window.stopping = True
         done, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT)
     finally:
@@ -319,22 +379,20 @@ async def measure(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    failures = [exc for task in done if (exc := task.exception()) is not None]
     if pending:
-        point.error = f"{len(pending)} task(s) still running {DRAIN_TIMEOUT:.0f} s after the end"
-    elif failures:
-        point.error = _describe(failures[0])
-    if point.error is not None:
-        return
+        raise RoundFailed(f"{len(pending)} task(s) still running {DRAIN_TIMEOUT:.0f} s after the end")
+    failures = [exc for task in done if (exc := task.exception()) is not None]
+    if failures:
+        raise RoundFailed(_describe(failures[0]))
     latencies_ms = [value * 1000.0 for value in window.latencies]
-    point.ops = len(latencies_ms)
-    point.ops_per_s = point.ops / point.seconds
+    result = Round(ops=len(latencies_ms), seconds=elapsed, ops_per_s=len(latencies_ms) / elapsed)
     if latencies_ms:
-        point.p50_ms = percentile(latencies_ms, 50)
-        point.p90_ms = percentile(latencies_ms, 90)
-        point.p99_ms = percentile(latencies_ms, 99)
-        point.p999_ms = percentile(latencies_ms, 99.9)
-        point.max_ms = max(latencies_ms)
+        result.p50_ms = percentile(latencies_ms, 50)
+        result.p90_ms = percentile(latencies_ms, 90)
+        result.p99_ms = percentile(latencies_ms, 99)
+        result.p999_ms = percentile(latencies_ms, 99.9)
+        result.max_ms = max(latencies_ms)
+    return result
 
 
 async def run_loop(
@@ -345,35 +403,63 @@ async def run_loop(
     *,
     warmup: float,
     seconds: float,
+    rounds: int,
 ) -> list[Point]:
-    """Measure every contender at every level on the running loop."""
+    """Measure every contender at every level on the running loop.
+
+    At each level every contender's pool is opened, then the contenders
+    take turns: ``rounds`` rounds, each running every contender once for
+    ``seconds`` in the same order, the first preceded by each contender's
+    warm-up. Interleaving spreads slow drifts in the machine's speed (other
+    load, the server sharing the CPU) over all contenders alike, where
+    running them one after the other would penalise whichever ran during a
+    slow spell. A contender that fails is dropped for the rest of the run:
+    its pool may be wedged.
+    """
     await warm_up_server(dsn, loop_name, seconds=max(SERVER_WARMUP, warmup))
-    points: list[Point] = []
-    for contender in contenders:
-        row = [Point(loop_name, contender.key, contender.label, n) for n in levels]
-        points.extend(row)
+    points = {(c.key, n): Point(loop_name, c.key, c.label, n) for c in contenders for n in levels}
+    dropped: dict[str, str] = {}  # contender key -> the error for its remaining levels
+    for n in levels:
+        pools: list[tuple[Contender, OpenPool]] = []
         try:
-            pool = await asyncio.wait_for(contender.open(dsn), OPEN_TIMEOUT)
-        except Exception as exc:
-            for point in row:
-                point.error = _describe(exc)
-            log(f"[{loop_name}] {contender.label}: {row[0].error}")
-            continue
-        try:
-            for point in row:
-                await measure(pool.cycle, point, warmup=warmup, seconds=seconds)
-                log(f"[{loop_name}] {contender.label:<27} {_summary(point)}")
-                if point.error is not None:
-                    break  # the pool may be wedged; do not pile on
+            for contender in contenders:
+                point = points[contender.key, n]
+                if contender.key in dropped:
+                    point.error = dropped[contender.key]
+                    continue
+                try:
+                    pools.append((contender, await asyncio.wait_for(contender.open(dsn), OPEN_TIMEOUT)))
+                except Exception as exc:
+                    point.error = dropped[contender.key] = _describe(exc)
+                    log(f"[{loop_name}] {contender.label}: {point.error}")
+            for number in range(1, rounds + 1):
+                for contender, pool in pools:
+                    if contender.key in dropped:
+                        continue
+                    point = points[contender.key, n]
+                    tag = f"[{loop_name}] {n:>5} tasks  round {number}/{rounds}  {contender.label:<27}"
+                    try:
+                        result = await measure(pool.cycle, n, warmup=warmup if number == 1 else 0.0, seconds=seconds)
+                    except RoundFailed as exc:
+                        point.error = f"round {number} of {rounds}: {exc}" if rounds > 1 else str(exc)
+                        dropped[contender.key] = NOT_RUN
+                        log(f"{tag} error: {point.error}")
+                    else:
+                        point.rounds.append(result)
+                        log(f"{tag} {_figures(result)}")
         finally:
-            try:
-                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
-            except Exception as exc:
-                log(f"[{loop_name}] {contender.label}: close failed: {_describe(exc)}")
-        for point in row:
-            if point.ops_per_s is None and point.error is None:
-                point.error = "not run (an earlier level failed)"
-    return points
+            for contender, pool in pools:
+                try:
+                    await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+                except Exception as exc:
+                    log(f"[{loop_name}] {contender.label}: close failed: {_describe(exc)}")
+        for contender, _ in pools:
+            point = points[contender.key, n]
+            if point.error is None:
+                point.summarise()
+                if rounds > 1:
+                    log(f"[{loop_name}] {n:>5} tasks  median       {contender.label:<27} {_figures(point)}")
+    return [points[c.key, n] for c in contenders for n in levels]
 
 
 async def warm_up_server(dsn: str, loop_name: str, *, seconds: float) -> None:
@@ -389,8 +475,9 @@ async def warm_up_server(dsn: str, loop_name: str, *, seconds: float) -> None:
         log(f"[{loop_name}] server warm-up skipped: {_describe(exc)}")
         return
     try:
-        scratch = Point(loop_name, "warm-up", "warm-up", POOL_SIZE)
-        await measure(pool.cycle, scratch, warmup=0.0, seconds=seconds)
+        await measure(pool.cycle, POOL_SIZE, warmup=0.0, seconds=seconds)
+    except RoundFailed as exc:
+        log(f"[{loop_name}] server warm-up failed: {exc}")
     finally:
         await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
 
@@ -405,6 +492,7 @@ def child_main(args: argparse.Namespace) -> int:
         args.levels,
         warmup=args.warmup,
         seconds=args.seconds,
+        rounds=args.rounds,
     )
     if args.child == "uvloop":
         import uvloop
@@ -435,13 +523,19 @@ def run_child(loop_name: str, args: argparse.Namespace) -> list[Point]:
             str(args.seconds),
             "--warmup",
             str(args.warmup),
+            "--rounds",
+            str(args.rounds),
             "--concurrency",
             ",".join(map(str, args.levels)),
         ]
         if args.contenders is not None:
             command += ["--contenders", args.contenders]
-        # Enough for every contender to hit every one of its time limits.
-        per_contender = len(args.levels) * (args.seconds + args.warmup) + OPEN_TIMEOUT + DRAIN_TIMEOUT + CLOSE_TIMEOUT
+        # Enough for every contender to hit every one of its time limits: it
+        # is opened and closed at every level, but dropped after a failure.
+        levels = len(args.levels)
+        per_contender = (
+            levels * (args.warmup + args.rounds * args.seconds + CLOSE_TIMEOUT) + OPEN_TIMEOUT + DRAIN_TIMEOUT
+        )
         contenders = len(select_contenders(args.contenders))
         budget = contenders * per_contender + SERVER_WARMUP + CHILD_TIMEOUT_MARGIN
         env = {**os.environ, DSN_ENV: args.dsn}
@@ -451,7 +545,7 @@ def run_child(loop_name: str, args: argparse.Namespace) -> list[Point]:
             error = f"the {loop_name} run did not finish within {budget:.0f} s"
         else:
             if completed.returncode == 0 and result_file.exists():
-                return [Point(**raw) for raw in json.loads(result_file.read_text())]
+                return [Point.from_json(raw) for raw in json.loads(result_file.read_text())]
             error = f"the {loop_name} run failed with exit status {completed.returncode}"
     log(error)
     return [
@@ -462,12 +556,17 @@ def run_child(loop_name: str, args: argparse.Namespace) -> list[Point]:
 
 
 def add_ratios(points: Sequence[Point]) -> None:
-    """Set each point's throughput as a ratio of the floor's."""
-    floor = {(p.loop, p.concurrency): p.ops_per_s for p in points if p.contender == FLOOR and p.ops_per_s}
+    """Set each point's and each round's throughput as a ratio of the floor's."""
+    floors = {(p.loop, p.concurrency): p for p in points if p.contender == FLOOR and p.error is None}
     for point in points:
-        base = floor.get((point.loop, point.concurrency))
-        if base and point.ops_per_s is not None:
-            point.ratio_to_floor = point.ops_per_s / base
+        floor = floors.get((point.loop, point.concurrency))
+        if floor is None:
+            continue
+        if floor.ops_per_s and point.ops_per_s is not None:
+            point.ratio_to_floor = point.ops_per_s / floor.ops_per_s
+        for mine, base in zip(point.rounds, floor.rounds, strict=False):
+            if base.ops_per_s:
+                mine.ratio_to_floor = mine.ops_per_s / base.ops_per_s
 
 
 async def server_version(dsn: str) -> str:
@@ -577,8 +676,11 @@ def error_list(points: Sequence[Point]) -> str:
     return "\n".join(lines)
 
 
-def plot(points: Sequence[Point], info: dict[str, str], path: Path) -> None:
-    """Save ops/s against concurrency, one line per contender, one panel per loop."""
+def plot(points: Sequence[Point], info: dict[str, str], path: Path, *, rounds: int) -> None:
+    """Save ops/s against concurrency, one line per contender, one panel per loop.
+
+    Each marker is the point's ops/s, the median of its ``rounds`` rounds.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -629,8 +731,9 @@ def plot(points: Sequence[Point], info: dict[str, str], path: Path) -> None:
                 labels.append(label)
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
     figure.suptitle(
-        f"acquire → {QUERY} → release, pool of {POOL_SIZE} · "
-        f"{info['cpu']}, {info['cores']} cores · PostgreSQL {info['postgresql']}",
+        f"acquire → {QUERY} → release, pool of {POOL_SIZE}"
+        + (f", median of {rounds} interleaved rounds" if rounds > 1 else "")
+        + f" · {info['cpu']}, {info['cores']} cores · PostgreSQL {info['postgresql']}",
         fontsize="medium",
     )
     rows_of_legend = -(-len(labels) // 4)
@@ -640,18 +743,77 @@ def plot(points: Sequence[Point], info: dict[str, str], path: Path) -> None:
     plt.close(figure)
 
 
-def readme_section(table: str, info: dict[str, str], settings: dict[str, Any], image: str) -> str:
-    """Compose the text that goes between the README markers."""
+def caption(settings: dict[str, Any]) -> str:
+    """Say in one line what the table's figures are and how they were measured."""
+    seconds, warmup, rounds = settings["seconds"], settings["warmup"], settings["rounds"]
+    if rounds > 1:
+        how = (
+            f"Figures are medians of {rounds} interleaved rounds: at each concurrency the contenders "
+            f"take turns, {seconds:g} s each, {rounds} times over, after one {warmup:g} s warm-up each; "
+            "ops/s is the median of the rounds' ops/s, p50 and p99 the medians of the rounds' p50 and p99"
+        )
+    else:
+        how = f"One {seconds:g} s round per point after a {warmup:g} s warm-up"
     quick = " (quick smoke run: numbers are rough)" if settings["quick"] else ""
+    return (
+        f"acquire → `{QUERY}` → release on a pool of {POOL_SIZE} connections; "
+        f"latency is per operation, acquire through release. {how}{quick}."
+    )
+
+
+def targets(points: Sequence[Point]) -> str:
+    """The targets for this benchmark, checked against this run's figures."""
+    found = {(p.loop, p.contender, p.concurrency): p for p in points if p.ops_per_s is not None}
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    lines = ["Targets, checked against this run:", ""]
+    for loop in sorted({p.loop for p in points}, key=lambda name: LOOPS.index(name) if name in LOOPS else 99):
+        parts = []
+        ratios = [
+            found[loop, "asyncpool-rollback", n].ratio_to_floor
+            for n in (10, 100)
+            if (loop, "asyncpool-rollback", n) in found
+        ]
+        if ratios and all(r is not None for r in ratios):
+            worst = min(r for r in ratios if r is not None)
+            parts.append(
+                "rollback policy at least 0.85x the floor at 10 and 100 tasks: "
+                f"lowest {worst:.2f}x, {verdict(worst >= 0.85)}"
+            )
+        speedups = []
+        for n in sorted({p.concurrency for p in points}):
+            full, peer = found.get((loop, "asyncpool-full", n)), found.get((loop, "asyncpg", n))
+            if full and peer and full.ops_per_s and peer.ops_per_s:
+                speedups.append(full.ops_per_s / peer.ops_per_s)
+        if speedups:
+            worst = min(speedups)
+            parts.append(
+                f"full reset at least 1.5x `asyncpg.create_pool`: lowest {worst:.2f}x, {verdict(worst >= 1.5)}"
+            )
+        spreads = []
+        for key in ("asyncpool-full", "asyncpool-rollback"):
+            point = found.get((loop, key, 1000))
+            if point and point.p50_ms and point.p99_ms:
+                spreads.append(point.p99_ms / point.p50_ms)
+        if spreads:
+            worst = max(spreads)
+            parts.append(f"p99 at most 3x p50 at 1000 tasks: highest {worst:.2f}x, {verdict(worst <= 3.0)}")
+        if parts:
+            lines.append(f"- {loop}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def readme_section(table: str, info: dict[str, str], settings: dict[str, Any], image: str, checks: str) -> str:
+    """Compose the text that goes between the README markers."""
     return "\n".join(
         [
-            (
-                f"acquire → `{QUERY}` → release on a pool of {POOL_SIZE} connections, "
-                f"{settings['seconds']:g} s per point after a {settings['warmup']:g} s "
-                f"warm-up; latency is per operation, acquire through release{quick}."
-            ),
+            caption(settings),
             "",
             table,
+            "",
+            checks,
             "",
             f"Measured on: {machine_line(info)}.",
             "",
@@ -680,15 +842,10 @@ def parent_main(args: argparse.Namespace) -> int:
         points.extend(run_child(loop_name, args))
     add_ratios(points)
 
-    table = results_table(points)
-    print()
-    print(table)
-    print()
-    print(f"Measured on: {machine_line(info)}")
-
     settings: dict[str, Any] = {
         "seconds": args.seconds,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "quick": args.quick,
         "pool_size": POOL_SIZE,
         "concurrency": list(args.levels),
@@ -696,6 +853,17 @@ def parent_main(args: argparse.Namespace) -> int:
         "query": QUERY,
         "asyncpool_reset_policies": list(ASYNCPOOL_RESET_POLICIES),
     }
+    table = results_table(points)
+    print()
+    print(caption(settings))
+    print()
+    print(table)
+    print()
+    print(f"Measured on: {machine_line(info)}")
+    checks = targets(points)
+    print()
+    print(checks)
+
     output_dir: Path = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / "pg.json"
@@ -711,7 +879,7 @@ def parent_main(args: argparse.Namespace) -> int:
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {json_path}")
     try:
-        plot(points, info, png_path)
+        plot(points, info, png_path, rounds=args.rounds)
     except ImportError as exc:
         log(f"no plot: {exc}")
     else:
@@ -721,7 +889,7 @@ def parent_main(args: argparse.Namespace) -> int:
         readme = Path(args.readme)
         image = Path(os.path.relpath(png_path.resolve(), readme.resolve().parent)).as_posix()
         try:
-            replace_readme_section(readme, README_KEY, readme_section(table, info, settings, image))
+            replace_readme_section(readme, README_KEY, readme_section(table, info, settings, image, checks))
         except (OSError, ValueError) as exc:
             print(f"error: cannot update {readme}: {exc}", file=sys.stderr)
             return 1
@@ -756,13 +924,14 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f}"
 
 
-def _summary(point: Point) -> str:
-    if point.error is not None or point.ops_per_s is None:
-        return f"{point.concurrency:>5} tasks: error: {point.error}"
-    return (
-        f"{point.concurrency:>5} tasks: {point.ops_per_s:>9,.0f} ops/s  "
-        f"p50 {_ms(point.p50_ms):>7} ms  p99 {_ms(point.p99_ms):>7} ms"
-    )
+def _figures(figures: Round | Point) -> str:
+    ops = "" if figures.ops_per_s is None else f"{figures.ops_per_s:,.0f}"
+    return f"{ops:>9} ops/s  p50 {_ms(figures.p50_ms):>7} ms  p99 {_ms(figures.p99_ms):>7} ms"
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -792,12 +961,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seconds",
         type=float,
-        help=f"measuring time per point in seconds (default {DEFAULT_SECONDS:g}; {QUICK_SECONDS:g} with --quick)",
+        help=f"measuring time per round in seconds (default {DEFAULT_SECONDS:g}; {QUICK_SECONDS:g} with --quick)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=(
+            "rounds per concurrency level, the contenders taking turns in each; the figures reported "
+            f"are medians over the rounds (default {DEFAULT_ROUNDS}; {QUICK_ROUNDS} with --quick)"
+        ),
     )
     parser.add_argument(
         "--warmup",
         type=float,
-        help=f"warm-up before each point in seconds (default {DEFAULT_WARMUP:g}; {QUICK_WARMUP:g} with --quick)",
+        help=(
+            "warm-up of each contender before its first round at each level, in seconds "
+            f"(default {DEFAULT_WARMUP:g}; {QUICK_WARMUP:g} with --quick)"
+        ),
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument(
@@ -836,8 +1016,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.seconds = QUICK_SECONDS if args.quick else DEFAULT_SECONDS
     if args.warmup is None:
         args.warmup = QUICK_WARMUP if args.quick else DEFAULT_WARMUP
-    if args.seconds <= 0 or args.warmup < 0:
-        parser.error("--seconds must be positive and --warmup not negative")
+    if args.rounds is None:
+        args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
+    if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--seconds must be positive, --warmup not negative and --rounds at least 1")
     if args.child is not None and args.result_file is None:
         parser.error("--child needs --result-file")
     args.dsn = os.environ.get(DSN_ENV, DEFAULT_DSN)
