@@ -54,10 +54,14 @@ class Lease(Generic[R]):
                 entry.state = LEASED
                 entry.serial += 1
                 state.acquired += 1
+                if pool._checkpoint is not None:
+                    await pool._checkpoint_lent(entry)
             else:
                 taken = state.checkout()
                 if taken is None or taken.state != LEASED:
                     taken = await pool._acquire_entry(self._timeout, taken)
+                elif pool._checkpoint is not None:
+                    await pool._checkpoint_lent(taken)
                 entry = taken
         else:
             entry = await pool._acquire_entry(self._timeout, None)

@@ -103,6 +103,8 @@ class AsyncPool(Generic[R]):
         self._background_reset = background_reset and self._reset is not None
         #: ``async with`` may reset inline in the caller (set at open).
         self._inline_release = False
+        #: Awaited when ``acquire()`` did not wait (set at open; trio only).
+        self._checkpoint: Callable[[], Awaitable[None]] | None = None
         self._state: PoolState[R] = PoolState(cfg, getattr(self._connector, "is_closed", None))
         self._state.waiters = _NotOpenWaitQueue()  # type: ignore[assignment]
         self._label = f" {name!r}" if name else f" #{next(_pool_ids)}"
@@ -201,7 +203,9 @@ class AsyncPool(Generic[R]):
     async def _wait_filled(self) -> None:
         st = self._state
         while not st.closed and st.size - st.connecting < self._config.min_size:
-            self._filled = self._backend.event()
+            # One event shared by every concurrent ``open(wait=True)``.
+            if self._filled is None or self._filled.is_set():
+                self._filled = self._backend.event()
             await self._filled.wait()
 
     def _open_now(self) -> None:
@@ -223,6 +227,7 @@ class AsyncPool(Generic[R]):
         # scope, and a reset interrupted there retires the resource; the
         # shielded path is for ``release()`` in a ``finally``.
         self._inline_release = not self._background_reset
+        self._checkpoint = backend.checkpoint
         interval = self._config.health_check_interval
         if interval is not None:
             self._maintenance = backend.spawn(health_loop, weakref.ref(self), interval)
@@ -302,13 +307,28 @@ class AsyncPool(Generic[R]):
         entry = st.checkout() if st.idle and not st.waiters.live else None
         if entry is None or entry.state != LEASED:
             entry = await self._acquire_entry(timeout, entry)
+        elif self._checkpoint is not None:
+            await self._checkpoint_lent(entry)
         return entry.resource
+
+    async def _checkpoint_lent(self, entry: Entry[R]) -> None:
+        """Make an acquire that did not wait a checkpoint too (trio).
+
+        The entry is already lent; if the checkpoint is cancelled it is
+        released again (reset is not needed: nobody used it).
+        """
+        try:
+            await self._checkpoint()  # type: ignore[misc]
+        except BaseException:
+            entry.state = RETURNING
+            self._state.checkin(entry)
+            raise
 
     async def _acquire_entry(self, timeout: float | None, entry: Entry[R] | None) -> Entry[R]:
         """The slow path: validate, wait, connect. ``entry`` may be an
         ASSIGNED entry the fast path already took and that needs validation."""
         st = self._state
-        if st.closed:
+        if self._state.closed:
             if entry is not None:
                 st.discard(entry)
             raise PoolClosed(f"the pool{self._label} is closed")
@@ -322,6 +342,12 @@ class AsyncPool(Generic[R]):
             raise ValueError(f"timeout must be >= 0 seconds or None, got {limit!r}")
         deadline = math.inf if limit is None else backend.now() + limit
         while True:
+            if st.closed:
+                # Closed already, or while we validated a resource that
+                # turned out dead.
+                if entry is not None:
+                    st.discard(entry)
+                raise PoolClosed(f"the pool{self._label} is closed")
             if entry is None:
                 if not st.waiters.live:
                     entry = st.checkout()
@@ -346,9 +372,28 @@ class AsyncPool(Generic[R]):
     async def _validate_assigned(self, entry: Entry[R], deadline: float) -> bool:
         st = self._state
         backend = self._backend
-        limit = min(self._config.cleanup_timeout, max(0.0, deadline - backend.now()))
+        remaining = deadline - backend.now()
+        if remaining <= 0:
+            # No time left to check it: it goes back untouched, still due
+            # for validation, rather than being judged dead for our hurry.
+            st.give_back(entry)
+            raise st.timeout_error()
+        cleanup_timeout = self._config.cleanup_timeout
         try:
-            ok = bool(await backend.call_with_timeout(limit, self._connector.validate, entry.resource))
+            ok = bool(
+                await backend.call_with_timeout(
+                    min(cleanup_timeout, remaining), self._connector.validate, entry.resource
+                )
+            )
+        except TimeoutError:
+            st.discard(entry)  # interrupted mid-check: its state is unknown
+            if remaining < cleanup_timeout:
+                # Our own deadline cut the check short: that says nothing
+                # about the resource's health, and we must not try others.
+                raise st.timeout_error() from None
+            logger.info("pool%s: validation timed out after %s s", self._label, cleanup_timeout)
+            st.health_failures += 1
+            return False
         except backend.cancelled:
             # Interrupted mid-check: its state is unknown, so it is retired
             # (and replaced if anyone needs one) rather than lent or kept.
@@ -414,13 +459,17 @@ class AsyncPool(Generic[R]):
         st = self._state
         entry.state = RETURNING
         entry.suspect = suspect
+        backend = self._backend
         try:
-            if self._backend.level_triggered:
+            if backend.level_triggered:
                 # Under trio a release in a cancelled scope (a ``finally``
                 # after a cancellation) would otherwise always be cancelled.
-                ok = await self._backend.call_shielded(self._config.cleanup_timeout, self._reset_and_validate, entry)
+                ok = await backend.call_shielded(self._config.cleanup_timeout, self._reset_and_validate, entry)
             elif suspect:
-                ok = await self._reset_and_validate(entry)
+                # After an error in the body the resource may well be broken
+                # and its ping hang: bounded, so the caller's exception is not
+                # held up indefinitely.
+                ok = await backend.call_with_timeout(self._config.cleanup_timeout, self._reset_and_validate, entry)
             else:
                 if self._reset is not None:
                     await self._reset(entry.resource)

@@ -153,6 +153,8 @@ class PoolState(Generic[R]):
         and ones the connector knows are closed are retired on the way.
         """
         idle = self.idle
+        if not idle:
+            return None
         now = self.now()
         validate_after = self.cfg.validate_after
         while idle:
@@ -374,6 +376,9 @@ class PoolState(Generic[R]):
             # that failure is the real reason, so chain it.
             exc.__cause__ = self.last_connect_error
         return exc
+
+    def closed_error(self) -> BaseException:
+        return PoolClosed(f"the pool{self._label()} is closed")
 
     def _label(self) -> str:
         return f" {self.cfg.name!r}" if self.cfg.name else ""

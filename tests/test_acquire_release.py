@@ -297,3 +297,12 @@ async def test_background_reset_runs_inline_when_nothing_else_is_idle() -> None:
         await pool.release(res)  # the next acquire would wait for it anyway
         assert pool.stats().idle == 1
         assert res.resets == 1
+
+
+async def test_acquire_on_a_pool_closed_before_it_opened(connector: FakeConnector) -> None:
+    pool = AsyncPool(connector)
+    await pool.close()
+    with pytest.raises(PoolClosed):
+        await pool.acquire()
+    with pytest.raises(PoolClosed):
+        pool.acquire_nowait()

@@ -29,6 +29,9 @@ class WaitOwner(Protocol):
     def timeout_error(self) -> BaseException:
         """Count a timed-out waiter and build the exception it will raise."""
 
+    def closed_error(self) -> BaseException:
+        """The exception for a wait on a closed pool."""
+
     def give_back(self, entry: Entry[Any]) -> None:
         """A waiter was handed ``entry`` but gave up before taking it."""
 
@@ -76,6 +79,14 @@ class Backend(Protocol):
     #: Whether a cancelled task is cancelled again at every await (trio),
     #: so that clean-up I/O in the caller's task must be shielded.
     level_triggered: bool
+
+    @property
+    def checkpoint(self) -> Callable[[], Awaitable[None]] | None:
+        """Awaited by an ``acquire()`` that found a resource without waiting,
+        if the library wants every such call to be a checkpoint (trio: a
+        cancellation point and a chance for other tasks to run); ``None`` on
+        asyncio, whose own ``Queue.get`` does not yield when an item is ready."""
+        ...
 
     def now(self) -> float: ...
 

@@ -36,31 +36,48 @@ logger = logging.getLogger("asyncpool")
 _Future = asyncio.Future
 
 
+class _Waiter:
+    """One place in the queue. ``counted`` is true while it counts in
+    ``live``; whoever ends the wait (hand-over, deadline, close, or noticing
+    a cancellation) clears it, exactly once."""
+
+    __slots__ = ("counted", "deadline", "fut")
+
+    def __init__(self, fut: _Future[Entry[Any]], deadline: float) -> None:
+        self.fut = fut
+        self.deadline = deadline
+        self.counted = True
+
+
 class AsyncioWaitQueue:
     """A FIFO of futures; see the module docstring for the deadline timer."""
 
-    __slots__ = ("_loop", "_owner", "_queue", "_tail_deadline", "_timer", "_timer_at", "live")
+    __slots__ = ("_closed", "_loop", "_owner", "_queue", "_tail_deadline", "_timer", "_timer_at", "live")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: WaitOwner) -> None:
         self._loop = loop
         self._owner = owner
-        # (deadline, future); finished futures are skipped lazily and
-        # compacted away when they outnumber the live ones.
-        self._queue: deque[tuple[float, _Future[Entry[Any]]]] = deque()
+        # Places that no longer count are skipped lazily, and compacted away
+        # when they outnumber the live ones.
+        self._queue: deque[_Waiter] = deque()
         self._tail_deadline = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self._closed = False
         self.live = 0
 
     def __len__(self) -> int:
         return self.live
 
     async def wait(self, deadline: float) -> Entry[Any]:
+        if self._closed:
+            raise self._owner.closed_error()
         loop = self._loop
         now = time.monotonic()
         if deadline <= now:
             raise self._owner.timeout_error()
         fut: _Future[Entry[Any]] = loop.create_future()
+        waiter = _Waiter(fut, deadline)
         own_timer: asyncio.TimerHandle | None = None
         if deadline >= self._tail_deadline:
             self._tail_deadline = deadline
@@ -69,26 +86,23 @@ class AsyncioWaitQueue:
                 # timer was armed for a later deadline than this one.
                 self._arm(deadline, now)
         else:
-            own_timer = loop.call_later(deadline - now, self._expire_one, fut)
-        self._queue.append((deadline, fut))
+            own_timer = loop.call_later(deadline - now, self._expire_one, waiter)
+        self._queue.append(waiter)
         self.live += 1
         self._owner.waiter_enqueued()
         try:
             return await fut
         except BaseException as exc:
-            # Cancelled (or woken with an error). Every way a future can
-            # finish is counted exactly once, by whoever finished it.
-            if fut.cancelled():
-                # We gave up while still queued: our place is dead now.
-                self.live -= 1
+            if waiter.counted:
+                # We gave up while still queued (cancelled, or awaited from
+                # another loop): our place is dead now.
+                self._uncount(waiter)
+                if not fut.done():
+                    fut.cancel()
                 self._after_removal()
-            elif not fut.done():  # awaited from another loop, or a foreign throw()
-                fut.cancel()
-                self.live -= 1
-                self._after_removal()
-            elif fut.exception() is None:
-                # Handed an entry in the same loop turn as our cancellation:
-                # the entry is not ours to keep, so it goes to the next one.
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                # Handed an entry in the same loop turn as our
+                # cancellation: it is not ours to keep, so it goes on.
                 self._owner.give_back(fut.result())
             if isinstance(exc, RuntimeError) and asyncio.get_running_loop() is not loop:
                 # Awaiting another loop's future fails at once (asyncio checks
@@ -103,31 +117,41 @@ class AsyncioWaitQueue:
     def hand_over(self, entry: Entry[Any]) -> bool:
         queue = self._queue
         while queue:
-            fut = queue.popleft()[1]
-            if not fut.done():
-                self.live -= 1
-                if not self.live:
-                    self._reset()
-                fut.set_result(entry)
-                return True
+            waiter = queue.popleft()
+            if not waiter.counted:
+                continue
+            self._uncount(waiter)
+            if waiter.fut.cancelled():
+                # Cancelled, but its task has not run yet to say so.
+                continue
+            if not self.live:
+                self._reset()
+            waiter.fut.set_result(entry)
+            return True
         self._reset()
         return False
 
     def fail_all(self, make_exc: Callable[[], BaseException]) -> None:
+        self._closed = True
         queue = self._queue
         while queue:
-            fut = queue.popleft()[1]
-            if not fut.done():
-                fut.set_exception(make_exc())
-        self.live = 0
+            waiter = queue.popleft()
+            if waiter.counted:
+                self._uncount(waiter)
+                if not waiter.fut.done():
+                    waiter.fut.set_exception(make_exc())
         self._reset()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
             self._timer_at = math.inf
 
+    def _uncount(self, waiter: _Waiter) -> None:
+        waiter.counted = False
+        self.live -= 1
+
     def _reset(self) -> None:
-        # Nobody waits: the remaining futures are all finished, and the next
+        # Nobody waits: the remaining places are all dead, and the next
         # waiter starts a fresh, ordered run of deadlines.
         self._queue.clear()
         self._tail_deadline = -math.inf
@@ -136,15 +160,16 @@ class AsyncioWaitQueue:
         if not self.live:
             self._reset()
         elif len(self._queue) > 2 * self.live + 64:
-            self._queue = deque(item for item in self._queue if not item[1].done())
+            self._queue = deque(waiter for waiter in self._queue if waiter.counted)
 
-    def _expire(self, fut: _Future[Entry[Any]]) -> None:
-        self.live -= 1
-        fut.set_exception(self._owner.timeout_error())
+    def _expire(self, waiter: _Waiter) -> None:
+        self._uncount(waiter)
+        if not waiter.fut.cancelled():
+            waiter.fut.set_exception(self._owner.timeout_error())
 
-    def _expire_one(self, fut: _Future[Entry[Any]]) -> None:
-        if not fut.done():
-            self._expire(fut)
+    def _expire_one(self, waiter: _Waiter) -> None:
+        if waiter.counted:
+            self._expire(waiter)
             self._after_removal()
 
     def _arm(self, deadline: float, now: float) -> None:
@@ -159,15 +184,18 @@ class AsyncioWaitQueue:
         queue = self._queue
         now = time.monotonic()
         while queue:
-            deadline, fut = queue[0]
-            if fut.done():
+            waiter = queue[0]
+            if not waiter.counted:
                 queue.popleft()
-            elif deadline <= now:
+            elif waiter.fut.cancelled():
                 queue.popleft()
-                self._expire(fut)
+                self._uncount(waiter)
+            elif waiter.deadline <= now:
+                queue.popleft()
+                self._expire(waiter)
             else:
-                if deadline != math.inf:
-                    self._arm(deadline, now)
+                if waiter.deadline != math.inf:
+                    self._arm(waiter.deadline, now)
                 break
         if not self.live:
             self._reset()
@@ -190,6 +218,7 @@ class AsyncioBackend:
     cancelled: type[BaseException] = asyncio.CancelledError
     #: A cancelled task sees one CancelledError; awaits after it work.
     level_triggered = False
+    checkpoint = None
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()

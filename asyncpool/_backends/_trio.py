@@ -72,6 +72,8 @@ class TrioWaitQueue:
     async def wait(self, deadline: float) -> Entry[Any]:
         if trio.lowlevel.current_trio_token() is not self._token:
             raise PoolError("this pool belongs to another trio run; create one pool per run")
+        if self._stopped:
+            raise self._owner.closed_error()
         if deadline <= trio.current_time():
             raise self._owner.timeout_error()
         waiter = _Waiter(trio.lowlevel.current_task(), deadline)
@@ -196,6 +198,7 @@ class TrioBackend:
     cancelled: type[BaseException] = trio.Cancelled
     #: Cancellation is level-triggered: clean-up I/O must be shielded.
     level_triggered = True
+    checkpoint = staticmethod(trio.lowlevel.checkpoint)
 
     def __init__(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -243,9 +246,8 @@ class TrioBackend:
     async def call_shielded(self, seconds: float, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if trio.current_effective_deadline() != -math.inf:
             # Not cancelled now: no shield needed (a cancellation arriving
-            # mid-call is handled by the caller, as on asyncio), and a cancel
-            # scope per release would cost more than the release itself.
-            return await fn(*args)
+            # mid-call is handled by the caller, as on asyncio).
+            return await self.call_with_timeout(seconds, fn, *args)
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + seconds
             return await fn(*args)

@@ -1,0 +1,132 @@
+"""Races and edge cases found in review, each pinned down by a test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anyio
+import pytest
+
+from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolTimeout
+
+from .fakes import FakeConnector, FakeError, FakeResource, check_invariants
+
+pytestmark = pytest.mark.anyio
+
+ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+
+
+async def test_close_while_an_acquirer_validates_a_dead_resource_raises_pool_closed() -> None:
+    connector = FakeConnector(validate_delay=0.2)
+    pool = AsyncPool(connector, max_size=1, validate_after=0, health_check_interval=None)
+    async with pool.acquire() as res:
+        pass
+    res.dead = True
+    outcome: list[BaseException] = []
+
+    async def acquirer() -> None:
+        try:
+            await pool.acquire(timeout=5)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(acquirer)
+        await anyio.sleep(0.05)  # validating now
+        with anyio.fail_after(2):
+            await pool.close()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], PoolClosed)
+    assert pool.stats().waiting == 0
+
+
+@ASYNCIO_ONLY
+async def test_waiter_cancelled_in_the_same_turn_as_a_release_does_not_strand_the_resource() -> None:
+    pool = AsyncPool(FakeConnector(), max_size=1, health_check_interval=None)
+    held = await pool.acquire()
+    waiter = asyncio.ensure_future(pool._acquire_resource(10))
+    await asyncio.sleep(0.01)
+    got: list[FakeResource] = []
+
+    async def releaser() -> None:
+        await pool.release(held)
+        got.append(await pool.acquire(timeout=1))
+
+    async def canceller() -> None:
+        waiter.cancel()
+
+    await asyncio.gather(releaser(), canceller())
+    assert got == [held]
+    assert pool.stats().waiting == 0
+    await asyncio.gather(waiter, return_exceptions=True)
+    await pool.release(got[0])
+    await pool.close()
+
+
+@ASYNCIO_ONLY
+async def test_waiting_never_goes_negative_when_cancelled_as_the_pool_closes() -> None:
+    pool = AsyncPool(FakeConnector(), max_size=1, health_check_interval=None)
+    held = await pool.acquire()
+    waiter = asyncio.ensure_future(pool._acquire_resource(5))
+    await asyncio.sleep(0.01)
+    closer = asyncio.ensure_future(pool.close())
+    waiter.cancel()
+    await asyncio.sleep(0.01)
+    assert pool.stats().waiting == 0
+    check_invariants(pool)
+    await pool.release(held)
+    await closer
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert pool.stats().waiting == 0
+
+
+async def test_a_short_acquire_timeout_does_not_destroy_healthy_resources() -> None:
+    connector = FakeConnector(validate_delay=0.05)
+    pool = AsyncPool(connector, min_size=3, max_size=3, validate_after=0, health_check_interval=None)
+    await pool.open(wait=True)
+    await anyio.sleep(0.01)
+    with pytest.raises(PoolTimeout):
+        await pool.acquire(timeout=0.005)
+    stats = pool.stats()
+    assert stats.health_failures == 0, stats
+    assert stats.destroyed <= 1, "at most the one interrupted mid-check"
+    await pool.close()
+
+
+async def test_concurrent_open_wait_calls_all_return() -> None:
+    pool = AsyncPool(FakeConnector(connect_delay=0.02), min_size=2, max_size=2)
+    done: list[int] = []
+
+    async def opener(n: int) -> None:
+        await pool.open(wait=True, timeout=2)
+        done.append(n)
+
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(opener, 1)
+            tg.start_soon(opener, 2)
+    assert sorted(done) == [1, 2]
+    await pool.close()
+
+
+async def test_validation_after_an_error_in_the_body_is_bounded() -> None:
+    connector = FakeConnector()
+    pool = AsyncPool(connector, max_size=1, cleanup_timeout=0.2, health_check_interval=None)
+    started = time.monotonic()
+    with pytest.raises(FakeError):
+        async with pool.acquire():
+            connector.validate_hang = 1.0
+            raise FakeError("query failed")
+    assert time.monotonic() - started < 1.5
+    connector.validate_hang = 0.0
+    await anyio.sleep(0.05)
+    assert pool.stats().in_use == 0
+    await pool.close()
+    connector.assert_all_closed_once()
+
+
+async def test_acquire_nowait_on_a_pool_not_yet_open_is_busy() -> None:
+    pool = AsyncPool(FakeConnector())
+    with pytest.raises(PoolBusy):
+        pool.acquire_nowait()
