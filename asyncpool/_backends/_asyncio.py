@@ -34,6 +34,7 @@ T = TypeVar("T")
 logger = logging.getLogger("asyncpool")
 
 _Future = asyncio.Future
+_new_waiter = object.__new__
 
 
 class _Waiter:
@@ -73,20 +74,28 @@ class AsyncioWaitQueue:
         if self._closed:
             raise self._owner.closed_error()
         loop = self._loop
-        now = time.monotonic()
-        if deadline <= now:
-            raise self._owner.timeout_error()
         fut: _Future[Entry[Any]] = loop.create_future()
-        waiter = _Waiter(fut, deadline)
+        # Built without running ``__init__``: this is the hot path of waiting.
+        waiter = _new_waiter(_Waiter)
+        waiter.fut = fut
+        waiter.deadline = deadline
+        waiter.counted = True
         own_timer: asyncio.TimerHandle | None = None
-        if deadline >= self._tail_deadline:
+        if deadline >= self._tail_deadline and deadline >= self._timer_at:
+            # The usual case: the timer is already armed for an earlier
+            # waiter, whose deadline comes first. No clock read needed.
             self._tail_deadline = deadline
-            if deadline < self._timer_at:
-                # Rare: only when the queue drained and refilled since the
-                # timer was armed for a later deadline than this one.
-                self._arm(deadline, now)
         else:
-            own_timer = loop.call_later(deadline - now, self._expire_one, waiter)
+            now = time.monotonic()
+            if deadline <= now:
+                raise self._owner.timeout_error()
+            if deadline >= self._tail_deadline:
+                self._tail_deadline = deadline
+                # Only when the queue drained and refilled since the timer
+                # was armed for a later deadline than this one.
+                self._arm(deadline, now)
+            else:
+                own_timer = loop.call_later(deadline - now, self._expire_one, waiter)
         self._queue.append(waiter)
         self.live += 1
         self._owner.waiter_enqueued()
@@ -120,7 +129,8 @@ class AsyncioWaitQueue:
             waiter = queue.popleft()
             if not waiter.counted:
                 continue
-            self._uncount(waiter)
+            waiter.counted = False
+            self.live -= 1
             if waiter.fut.cancelled():
                 # Cancelled, but its task has not run yet to say so.
                 continue
