@@ -4,7 +4,6 @@
 * :func:`replace_readme_section` to publish a table between the markers
   ``<!-- bench:KEY:start -->`` and ``<!-- bench:KEY:end -->`` of a README;
 * :func:`machine_info` to record what the numbers were measured on;
-* :func:`mask_dsn` to show a database URL without its password.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pathlib import Path
 __all__ = [
     "machine_info",
     "markdown_table",
-    "mask_dsn",
     "percentile",
     "replace_readme_section",
 ]
@@ -132,20 +130,6 @@ def machine_info(packages: Sequence[str] = ()) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             info[package] = "not installed"
     return info
-
-
-def mask_dsn(dsn: str) -> str:
-    """Return ``dsn`` with any password replaced by ``***``, safe to display."""
-    if "://" in dsn:
-        # Up to the last "@": a password with a stray "/" or "@" stays hidden.
-        masked = re.sub(r"(://[^:/?#@\s]*:)\S*@", r"\1***@", dsn)
-        return re.sub(r"([?&]password=)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
-    return re.sub(
-        r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
-        r"\1***",
-        dsn,
-        flags=re.IGNORECASE,
-    )
 
 
 def _cpu_model() -> str:

@@ -66,10 +66,11 @@ import asyncpg
 from _common import (
     machine_info,
     markdown_table,
-    mask_dsn,
     percentile,
     replace_readme_section,
 )
+
+from asyncpool.asyncpg import mask_dsn
 
 # -- what is measured ----------------------------------------------------------
 
