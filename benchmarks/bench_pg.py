@@ -5,7 +5,8 @@ release it. Many tasks repeat it as fast as they can on a pool of 10
 connections, at 1, 10, 100 and 1000 concurrent tasks, once on the standard
 asyncio loop and once on uvloop. The contenders:
 
-* asyncpool, once per reset policy in :data:`ASYNCPOOL_RESET_POLICIES`;
+* asyncpool, once per reset policy in :data:`ASYNCPOOL_RESET_POLICIES`, and
+  the full reset forced inline (to show what resetting in the background is worth);
 * ``asyncpg.create_pool`` with its defaults;
 * ``psycopg_pool.AsyncConnectionPool``;
 * a SQLAlchemy async engine (asyncpg driver, ``QueuePool`` of 10);
@@ -133,12 +134,21 @@ class Contender:
     open: Opener
 
 
-async def open_asyncpool(dsn: str, reset: str) -> OpenPool:
-    """Open asyncpool's :class:`AsyncPool` over :class:`AsyncpgConnector`."""
+async def open_asyncpool(dsn: str, reset: str, background_reset: bool | None = None) -> OpenPool:
+    """Open asyncpool's :class:`AsyncPool` over :class:`AsyncpgConnector`.
+
+    ``background_reset=False`` forces the reset into the releasing caller,
+    to show what resetting off its path is worth.
+    """
     from asyncpool import AsyncPool
     from asyncpool.asyncpg import AsyncpgConnector
 
-    pool = AsyncPool(AsyncpgConnector(dsn, reset=reset), min_size=POOL_SIZE, max_size=POOL_SIZE)
+    pool = AsyncPool(
+        AsyncpgConnector(dsn, reset=reset),
+        min_size=POOL_SIZE,
+        max_size=POOL_SIZE,
+        background_reset=background_reset,
+    )
     await pool.open(wait=True)
 
     async def cycle() -> None:
@@ -229,6 +239,11 @@ def all_contenders() -> list[Contender]:
                 partial(open_asyncpool, reset=policy),
             )
             for policy in ASYNCPOOL_RESET_POLICIES
+        ),
+        Contender(
+            "asyncpool-full-inline",
+            "asyncpool (reset=full, inline)",
+            partial(open_asyncpool, reset="full", background_reset=False),
         ),
         Contender("asyncpg", "asyncpg.create_pool", open_asyncpg),
         Contender("psycopg_pool", "psycopg_pool", open_psycopg_pool),
