@@ -99,20 +99,7 @@ async def return_in_background(pool: AsyncPool[Any], entry: Entry[Any]) -> None:
     resets in the background, so a handler does not wait for a reset round
     trip.
     """
-    state = pool._state
-    try:
-        ok = await pool._backend.call_with_timeout(pool._config.cleanup_timeout, pool._reset_and_validate, entry)
-    except BaseException as exc:
-        state.discard(entry)
-        if not isinstance(exc, Exception):
-            raise
-        logger.info("pool%s: discarding a resource whose clean-up failed: %s", pool._label, _describe(exc))
-        return
-    if ok:
-        state.checkin(entry)
-    else:
-        state.health_failures += 1
-        state.discard(entry)
+    await pool._return(entry, entry.suspect, bounded=True)
 
 
 async def run_health_check(pool: AsyncPool[Any]) -> None:

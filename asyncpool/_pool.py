@@ -430,10 +430,7 @@ class AsyncPool(Generic[R]):
             entry.state = RETURNING
             st.discard(entry)
             return
-        if self._reset_off_path():
-            self._return_later(entry, False)
-            return
-        await self._return(entry, False)
+        await self._release_entry(entry, None)
 
     async def _release_entry(self, entry: Entry[R], exc: BaseException | None) -> None:
         """Release on leaving ``async with``; ``exc`` is what left the block."""
@@ -455,7 +452,11 @@ class AsyncPool(Generic[R]):
             # runs in the background, bounded by cleanup_timeout.
             self._return_later(entry, True)
 
-    async def _return(self, entry: Entry[R], suspect: bool) -> None:
+    async def _return(self, entry: Entry[R], suspect: bool, *, bounded: bool = False) -> None:
+        """Reset (and, if ``suspect``, validate) a released entry, then check
+        it in; on failure or cancellation retire it. ``bounded`` puts the
+        clean-up under ``cleanup_timeout`` even when not suspect (background
+        clean-up, where no caller can cancel a hung reset)."""
         st = self._state
         entry.state = RETURNING
         entry.suspect = suspect
@@ -465,7 +466,7 @@ class AsyncPool(Generic[R]):
                 # Under trio a release in a cancelled scope (a ``finally``
                 # after a cancellation) would otherwise always be cancelled.
                 ok = await backend.call_shielded(self._config.cleanup_timeout, self._reset_and_validate, entry)
-            elif suspect:
+            elif suspect or bounded:
                 # After an error in the body the resource may well be broken
                 # and its ping hang: bounded, so the caller's exception is not
                 # held up indefinitely.

@@ -156,14 +156,14 @@ class PoolState(Generic[R]):
         if not idle:
             return None
         now = self.now()
-        validate_after = self.cfg.validate_after
+        validate_window = self.validate_window
         while idle:
             entry = idle.pop()
             if entry.expires_at <= now or (self._is_closed is not None and self._known_closed(entry)):
                 entry.state = ASSIGNED
                 self.discard(entry)
                 continue
-            if validate_after is not None and now - entry.last_ok > validate_after:
+            if now - entry.last_ok > validate_window:
                 entry.state = ASSIGNED
                 entry.suspect = True
                 return entry
@@ -212,14 +212,9 @@ class PoolState(Generic[R]):
         if self.closed or entry.expires_at <= now:
             self.discard(entry)
             return
-        entry.last_ok = entry.idle_since = now
+        entry.last_ok = now
         entry.suspect = False
-        if self.waiters.live:
-            entry.state = ASSIGNED
-            if self.waiters.hand_over(entry):
-                return
-        entry.state = IDLE
-        self.idle.append(entry)
+        self._place(entry, now)
 
     def give_back(self, entry: Entry[R]) -> None:
         """A waiter was handed ``entry`` and gave up before taking it."""
