@@ -250,3 +250,48 @@ async def test_background_task_cancelled_before_it_ran_settles_its_slot() -> Non
     await pool.close()
     assert pool.stats().size == 0
     assert connector.connect_attempts == 0
+
+
+async def test_cancel_during_the_reset_on_leaving_async_with() -> None:
+    connector = GatedConnector("reset")
+    pool = AsyncPool(connector, max_size=1, min_size=1)
+    await pool.open(wait=True)
+
+    async def borrower() -> None:
+        async with pool.acquire():
+            pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(borrower)
+        await connector.arrived.wait()
+        tg.cancel_scope.cancel()
+    await anyio.sleep(0.05)
+    # Half-reset: closed and replaced, never lent like that.
+    assert connector.created[0].close_count == 1
+    connector.gate.set()
+    await anyio.sleep(0.05)
+    stats = pool.stats()
+    assert (stats.size, stats.idle, stats.in_use) == (1, 1, 0), stats
+    await _close_and_check(pool, connector)
+
+
+async def test_cancelled_acquire_of_an_idle_resource_keeps_it(backend_name: str) -> None:
+    """Under trio an acquire that finds a resource idle is still a
+    checkpoint; cancelled there, the resource stays in the pool."""
+    connector = FakeConnector()
+    pool = AsyncPool(connector, max_size=1)
+    async with pool.acquire():
+        pass
+    held: FakeResource | None = None
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        held = await pool.acquire()
+    if held is None:
+        assert backend_name == "trio"
+    else:
+        # asyncio does not yield when nothing need be waited for.
+        assert backend_name == "asyncio"
+        await pool.release(held)
+    stats = pool.stats()
+    assert (stats.idle, stats.in_use) == (1, 0), stats
+    await _close_and_check(pool, connector)
