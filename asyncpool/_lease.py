@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
@@ -10,6 +10,7 @@ from ._state import IDLE, LEASED, RETURNING
 
 if TYPE_CHECKING:
     from ._pool import AsyncPool
+    from ._state import Entry
 
 __all__ = ["Lease"]
 
@@ -27,46 +28,73 @@ class Lease(Generic[R]):
     cancelled task is not held up and the resource is still not lost.
     """
 
-    __slots__ = ("_entry", "_pool", "_serial", "_timeout")
-
-    def __init__(self, pool: AsyncPool[R], timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        # ``_entry`` and ``_serial`` are set by ``__aenter__``; leaving them
-        # unset here keeps ``acquire()`` cheap.
+    __slots__ = ("_entry", "_pool", "_timeout")
+    # No ``__init__``: ``AsyncPool.acquire()`` calls ``Lease()`` and sets the
+    # two slots itself, which skips a Python frame on the hottest call of
+    # the pool. ``_entry`` is set when the lease is entered.
+    _pool: AsyncPool[R]
+    _timeout: float | None
+    _entry: Entry[R]
 
     def __await__(self) -> Generator[Any, None, R]:
-        return self._pool._acquire_resource(self._timeout).__await__()
+        return self.__aenter__().__await__()
 
-    async def __aenter__(self) -> R:
+    def __aenter__(self) -> Awaitable[R]:
+        # Not a coroutine function: when an idle resource can be lent at once,
+        # the awaitable returned is the entry's ``ready`` (on asyncio a done
+        # future holding the resource), which ``async with`` awaits without
+        # suspending and without a coroutine being made for it.
+        #
+        # The uncontended path, ``PoolState.checkout`` unrolled for the case
+        # that needs no decision: nobody queued ahead, and the warmest idle
+        # entry is neither expired nor due for any check (``Entry.lend_by``).
+        # Anything else goes through ``checkout`` and the slow path.
         pool = self._pool
         state = pool._state
         idle = state.idle
-        # The uncontended path, ``PoolState.checkout`` unrolled for the case
-        # that needs no decision: nobody queued ahead, and the warmest idle
-        # entry is neither expired nor due for validation. Anything else goes
-        # through ``checkout`` and the slow path.
         if idle and not state.waiters.live:
             entry = idle[-1]
-            now = state.now()
-            if now - entry.last_ok <= state.validate_window and now < entry.expires_at and state.lend_unchecked:
+            if state.now() < entry.lend_by:
                 idle.pop()
                 entry.state = LEASED
-                entry.serial += 1
+                entry.owner = self
                 state.acquired += 1
+                self._entry = entry
+                ready = entry.ready
+                if ready is not None:
+                    return ready
+                # No done-future for this library (trio): the acquire is a
+                # checkpoint, as the library's conventions ask.
+                return pool._checkpoint_lent(entry)
+        return self._enter()
+
+    async def _enter(self) -> R:
+        pool = self._pool
+        state = pool._state
+        entry: Entry[R] | None = None
+        if state.idle and not state.waiters.live:
+            entry = state.checkout()
+            if entry is not None and entry.state == LEASED:
                 if pool._checkpoint is not None:
                     await pool._checkpoint_lent(entry)
-            else:
-                taken = state.checkout()
-                if taken is None or taken.state != LEASED:
-                    taken = await pool._acquire_entry(self._timeout, taken)
-                elif pool._checkpoint is not None:
-                    await pool._checkpoint_lent(taken)
-                entry = taken
-        else:
-            entry = await pool._acquire_entry(self._timeout, None)
+                self._entry = entry
+                entry.owner = self
+                return entry.resource
+        elif pool._opened and not state.closed and state.waiters.live < pool._max_waiting:
+            # The contended path, ``AsyncPool._acquire_until`` unrolled for
+            # the usual case: queue up at once. A hand-over comes lent
+            # (``PoolState._hand_over``) unless it must be validated first.
+            timeout = self._timeout
+            deadline = state.now() + pool._wait_limit if timeout is None else pool._deadline(timeout, None)
+            entry = await state.waiters.wait(deadline)
+            if entry.state != LEASED:
+                entry = await pool._acquire_until(deadline, entry)
+            self._entry = entry
+            entry.owner = self
+            return entry.resource
+        entry = await pool._acquire_until(pool._deadline(self._timeout, entry), entry)
         self._entry = entry
-        self._serial = entry.serial
+        entry.owner = self
         return entry.resource
 
     async def __aexit__(
@@ -76,7 +104,7 @@ class Lease(Generic[R]):
         tb: TracebackType | None,
     ) -> None:
         entry = self._entry
-        if entry.serial != self._serial:
+        if entry.owner is not self:
             return  # released explicitly inside the block, maybe lent again since
         pool = self._pool
         if exc is not None or entry.state != LEASED or not pool._inline_release:
@@ -94,15 +122,28 @@ class Lease(Generic[R]):
                     return
                 raise
         state = pool._state
-        if state.waiters.live or state.closed or entry.state != RETURNING:
+        if state.closed or entry.state != RETURNING:
             state.checkin(entry)
             return
-        # ``PoolState.checkin`` unrolled for the case with nothing to decide:
-        # nobody waits, the pool is open, the entry has not expired.
+        # ``PoolState.checkin`` unrolled for the cases with nothing to decide:
+        # the pool is open and the entry has not expired, so it goes straight
+        # to the longest waiter, lent (see ``PoolState._hand_over``), or idle.
         now = state.now()
         if now >= entry.expires_at:
             state.checkin(entry)
             return
-        entry.last_ok = entry.idle_since = now
+        entry.last_ok = now
+        waiters = state.waiters
+        if waiters.live:
+            entry.state = LEASED
+            entry.owner = None
+            if waiters.hand_over(entry):
+                state.acquired += 1
+                return
+        lend_by = now + state.lend_margin
+        if lend_by > entry.expires_at:
+            lend_by = entry.expires_at
+        entry.idle_since = now
+        entry.lend_by = lend_by
         entry.state = IDLE
         state.idle.append(entry)

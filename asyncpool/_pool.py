@@ -30,7 +30,6 @@ __all__ = ["AsyncPool"]
 R = TypeVar("R")
 logger = logging.getLogger("asyncpool")
 _pool_ids = itertools.count(1)
-_new_lease = object.__new__
 
 
 class _NotOpenWaitQueue:
@@ -106,6 +105,9 @@ class AsyncPool(Generic[R]):
         #: Awaited when ``acquire()`` did not wait (set at open; trio only).
         self._checkpoint: Callable[[], Awaitable[None]] | None = None
         self._state: PoolState[R] = PoolState(cfg, getattr(self._connector, "is_closed", None))
+        # The options the contended path reads, with ``None`` as infinity.
+        self._wait_limit = math.inf if cfg.timeout is None else cfg.timeout
+        self._max_waiting = math.inf if cfg.max_waiting is None else cfg.max_waiting
         self._state.waiters = _NotOpenWaitQueue()  # type: ignore[assignment]
         self._label = f" {name!r}" if name else f" #{next(_pool_ids)}"
         self._backend: Backend = None  # type: ignore[assignment]  # set by open()
@@ -222,6 +224,7 @@ class AsyncPool(Generic[R]):
         st.start_connect = self._start_connect
         st.start_close = self._start_close
         st.on_change = self._on_change
+        st.make_ready = backend.ready
         st.reset_counters()
         # Also under trio: a lease left normally is rarely in a cancelled
         # scope, and a reset interrupted there retires the resource; the
@@ -252,11 +255,11 @@ class AsyncPool(Generic[R]):
         self._pending_closes += 1
         self._backend.spawn(close_entry, self, entry, on_done=self._close_finished)
 
-    def _return_done(self, entry: Entry[R], serial: int) -> None:
-        # ``serial`` tells this release from a later one: by the time this
+    def _return_done(self, entry: Entry[R], token: object) -> None:
+        # ``token`` tells this release from a later one: by the time this
         # callback runs, the entry may already have been lent and released
         # again, and that newer clean-up must not be cut short.
-        if entry.state == RETURNING and entry.serial == serial:
+        if entry.state == RETURNING and entry.owner is token:
             # The background clean-up never ran (cancelled before its first
             # step, at loop shutdown): the resource cannot be trusted.
             self._state.discard(entry)
@@ -282,9 +285,7 @@ class AsyncPool(Generic[R]):
         ``PoolTimeout``, ``PoolBusy`` (``max_waiting`` reached) or
         ``PoolClosed``.
         """
-        # ``object.__new__`` and two stores: cheaper than running ``__init__``
-        # on the hottest call of the pool.
-        lease: Lease[R] = _new_lease(Lease)
+        lease: Lease[R] = Lease()
         lease._pool = self
         lease._timeout = timeout
         return lease
@@ -302,16 +303,7 @@ class AsyncPool(Generic[R]):
                 st.give_back(entry)
         raise PoolBusy(f"no idle resource in pool{self._label}")
 
-    async def _acquire_resource(self, timeout: float | None) -> R:
-        st = self._state
-        entry = st.checkout() if st.idle and not st.waiters.live else None
-        if entry is None or entry.state != LEASED:
-            entry = await self._acquire_entry(timeout, entry)
-        elif self._checkpoint is not None:
-            await self._checkpoint_lent(entry)
-        return entry.resource
-
-    async def _checkpoint_lent(self, entry: Entry[R]) -> None:
+    async def _checkpoint_lent(self, entry: Entry[R]) -> R:
         """Make an acquire that did not wait a checkpoint too (trio).
 
         The entry is already lent; if the checkpoint is cancelled it is
@@ -323,24 +315,38 @@ class AsyncPool(Generic[R]):
             entry.state = RETURNING
             self._state.checkin(entry)
             raise
+        return entry.resource
 
-    async def _acquire_entry(self, timeout: float | None, entry: Entry[R] | None) -> Entry[R]:
-        """The slow path: validate, wait, connect. ``entry`` may be an
-        ASSIGNED entry the fast path already took and that needs validation."""
+    def _deadline(self, timeout: float | None, entry: Entry[R] | None) -> float:
+        """Open the pool if need be, and turn ``timeout`` into a deadline.
+
+        ``entry`` is an ASSIGNED entry the caller already took, returned to
+        the pool if the acquire fails here.
+        """
         st = self._state
-        if self._state.closed:
+        if st.closed:
             if entry is not None:
                 st.discard(entry)
             raise PoolClosed(f"the pool{self._label} is closed")
         if not self._opened:
             self._open_now()
-        backend = self._backend
-        limit = self._config.timeout if timeout is None else timeout
-        if limit is not None and (limit < 0 or limit != limit):
+        if timeout is None:
+            limit = self._wait_limit
+        elif timeout >= 0:
+            limit = timeout
+        else:  # negative or NaN
             if entry is not None:
                 st.give_back(entry)
-            raise ValueError(f"timeout must be >= 0 seconds or None, got {limit!r}")
-        deadline = math.inf if limit is None else backend.now() + limit
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        return self._backend.now() + limit
+
+    async def _acquire_until(self, deadline: float, entry: Entry[R] | None) -> Entry[R]:
+        """The slow path: validate, wait, connect, until ``deadline``.
+
+        ``entry`` may be an ASSIGNED entry the caller already took and that
+        needs validation.
+        """
+        st = self._state
         while True:
             if st.closed:
                 # Closed already, or while we validated a resource that
@@ -524,8 +530,8 @@ class AsyncPool(Generic[R]):
         """Hand a released entry to a background task for its clean-up."""
         entry.state = RETURNING
         entry.suspect = suspect
-        serial = entry.serial
-        self._backend.spawn(return_in_background, self, entry, on_done=lambda: self._return_done(entry, serial))
+        entry.owner = token = object()
+        self._backend.spawn(return_in_background, self, entry, on_done=lambda: self._return_done(entry, token))
 
     # -- closing ---------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._config import PoolConfig
@@ -50,7 +50,19 @@ LIFETIME_JITTER = 0.1
 class Entry(Generic[R]):
     """The pool's record of one resource."""
 
-    __slots__ = ("created_at", "expires_at", "idle_since", "key", "last_ok", "resource", "serial", "state", "suspect")
+    __slots__ = (
+        "created_at",
+        "expires_at",
+        "idle_since",
+        "key",
+        "last_ok",
+        "lend_by",
+        "owner",
+        "ready",
+        "resource",
+        "state",
+        "suspect",
+    )
 
     def __init__(self, resource: R, now: float, lifetime: float | None) -> None:
         self.resource = resource
@@ -60,9 +72,18 @@ class Entry(Generic[R]):
         #: When it was last known to work (created, reset or validated).
         self.last_ok = now
         self.idle_since = now
+        #: While idle: until when it may be lent without any check (see
+        #: ``PoolState.lend_margin``); one comparison on the hot path.
+        self.lend_by = -math.inf
+        #: Awaited by ``async with`` to lend it without a checkpoint (see
+        #: ``Backend.ready``); set when it joins an open pool.
+        self.ready: Awaitable[R] | None = None
         self.state = ASSIGNED
-        #: Bumped on every lend, so a stale lease cannot release a later one.
-        self.serial = 0
+        #: Who may release the current lend: the ``Lease`` that took it, or
+        #: a token of a background clean-up. Every lend replaces it, so a
+        #: stale holder can never release (or retire) a later lend; an
+        #: identity test, cheaper on the hot path than a counter.
+        self.owner: object = None
         #: Must be validated before anyone gets it.
         self.suspect = False
 
@@ -87,7 +108,9 @@ class PoolState(Generic[R]):
         "health_failures",
         "idle",
         "last_connect_error",
+        "lend_margin",
         "lend_unchecked",
+        "make_ready",
         "now",
         "on_change",
         "rejected",
@@ -106,6 +129,10 @@ class PoolState(Generic[R]):
         self.validate_window = math.inf if config.validate_after is None else config.validate_after
         #: No cheap local "is it closed?" check to run before lending.
         self.lend_unchecked = is_closed is None
+        #: How long after it was last known good an idle entry may be lent
+        #: with no check at all: never, if the connector has a local "is it
+        #: closed?" check, which then runs on every lend.
+        self.lend_margin = self.validate_window if self.lend_unchecked else -math.inf
         self.idle: deque[Entry[R]] = deque()
         #: Every entry that exists, by ``id(resource)``, so ``release()`` can
         #: find it; plus lent ones that ``close()`` destroyed under their
@@ -123,6 +150,7 @@ class PoolState(Generic[R]):
         self.start_connect: Callable[[], None] = _nothing
         self.start_close: Callable[[Entry[R]], None] = _nothing
         self.on_change: Callable[[], None] = _nothing
+        self.make_ready: Callable[[R], Awaitable[R] | None] = _nothing
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -168,7 +196,7 @@ class PoolState(Generic[R]):
                 entry.suspect = True
                 return entry
             entry.state = LEASED
-            entry.serial += 1
+            entry.owner = None
             self.acquired += 1
             return entry
         return None
@@ -190,7 +218,7 @@ class PoolState(Generic[R]):
             raise PoolClosed("the pool was closed")
         entry.state = LEASED
         entry.suspect = False
-        entry.serial += 1
+        entry.owner = None
         self.acquired += 1
 
     def validated(self, entry: Entry[R], ok: bool) -> None:
@@ -218,6 +246,10 @@ class PoolState(Generic[R]):
 
     def give_back(self, entry: Entry[R]) -> None:
         """A waiter was handed ``entry`` and gave up before taking it."""
+        if entry.state == LEASED:
+            # Handed over as lent (see ``_hand_over``), but never taken.
+            self.acquired -= 1
+            entry.state = ASSIGNED
         if self.closed:
             self.discard(entry)
         else:
@@ -234,22 +266,42 @@ class PoolState(Generic[R]):
         entry.last_ok = self.now()
         if self.closed:
             self.discard(entry)
-        elif self.waiters.live and self.waiters.hand_over(entry):
+        elif self.waiters.live and self._hand_over(entry):
             return
         else:
             # Back where it came from: the old end, so its idle age still
             # decides when it is evicted.
             entry.state = IDLE
+            entry.lend_by = min(entry.last_ok + self.lend_margin, entry.expires_at)
             self.idle.appendleft(entry)
 
     def _place(self, entry: Entry[R], now: float) -> None:
         """An in-use entry is free: the longest waiter gets it, else it idles."""
-        entry.state = ASSIGNED
-        if self.waiters.live and self.waiters.hand_over(entry):
+        if self.waiters.live and self._hand_over(entry):
             return
         entry.state = IDLE
         entry.idle_since = now
+        # A suspect entry is never lent unchecked.
+        entry.lend_by = -math.inf if entry.suspect else min(entry.last_ok + self.lend_margin, entry.expires_at)
         self.idle.append(entry)
+
+    def _hand_over(self, entry: Entry[R]) -> bool:
+        """Give ``entry`` to the longest waiter, if one is still waiting.
+
+        A healthy entry is lent in the same step, so the woken waiter has
+        nothing left to decide; a suspect one goes ASSIGNED, for the waiter
+        to validate first.
+        """
+        if entry.suspect:
+            entry.state = ASSIGNED
+            return self.waiters.hand_over(entry)
+        entry.state = LEASED
+        entry.owner = None
+        if self.waiters.hand_over(entry):
+            self.acquired += 1
+            return True
+        entry.state = ASSIGNED
+        return False
 
     # -- creating and retiring ---------------------------------------------
 
@@ -276,6 +328,7 @@ class PoolState(Generic[R]):
         self.last_connect_error = None
         now = self.now()
         entry = Entry(resource, now, self.cfg.max_lifetime)
+        entry.ready = self.make_ready(resource)
         self.entries[entry.key] = entry
         if self.closed:
             self.discard(entry)

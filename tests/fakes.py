@@ -148,3 +148,12 @@ def check_invariants(pool: AsyncPool[Any]) -> None:
     assert stats.size == stats.idle + stats.in_use + state.checking + state.connecting, stats
     assert stats.waiting >= 0, stats
     assert all(entry.state == IDLE for entry in state.idle)
+
+
+async def acquire_in_task(pool: AsyncPool[Any], timeout: float | None) -> Any:
+    """``await pool.acquire(timeout=...)`` as a coroutine of its own, for a task.
+
+    ``timeout=None`` takes the contended path that queues at once with the
+    pool's own timeout; a number takes the general one.
+    """
+    return await pool.acquire(timeout=timeout)

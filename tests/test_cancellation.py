@@ -15,7 +15,7 @@ import pytest
 
 from asyncpool import AsyncPool
 
-from .fakes import FakeConnector, FakeResource, check_invariants
+from .fakes import FakeConnector, FakeResource, acquire_in_task, check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -220,14 +220,15 @@ async def test_release_in_finally_of_a_cancelled_scope() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
-async def test_handed_over_then_cancelled_in_the_same_turn_goes_to_the_next() -> None:
+@pytest.mark.parametrize("timeout", [None, 10.0], ids=["pool-timeout", "own-timeout"])
+async def test_handed_over_then_cancelled_in_the_same_turn_goes_to_the_next(timeout: float | None) -> None:
     """asyncio only: a future can get its result and its task be cancelled
     in the same loop iteration; the entry must not be lost."""
     connector = FakeConnector()
     pool = AsyncPool(connector, max_size=1)
     held = await pool.acquire()
-    first = asyncio.ensure_future(pool._acquire_resource(10))
-    second = asyncio.ensure_future(pool._acquire_resource(10))
+    first = asyncio.ensure_future(acquire_in_task(pool, timeout))
+    second = asyncio.ensure_future(acquire_in_task(pool, timeout))
     while pool.stats().waiting < 2:
         await asyncio.sleep(0)
     await pool.release(held)  # handed to ``first``...

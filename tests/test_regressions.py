@@ -10,7 +10,7 @@ import pytest
 
 from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolTimeout
 
-from .fakes import FakeConnector, FakeError, FakeResource, check_invariants
+from .fakes import FakeConnector, FakeError, FakeResource, acquire_in_task, check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -42,10 +42,13 @@ async def test_close_while_an_acquirer_validates_a_dead_resource_raises_pool_clo
 
 
 @ASYNCIO_ONLY
-async def test_waiter_cancelled_in_the_same_turn_as_a_release_does_not_strand_the_resource() -> None:
+@pytest.mark.parametrize("timeout", [None, 10.0], ids=["pool-timeout", "own-timeout"])
+async def test_waiter_cancelled_in_the_same_turn_as_a_release_does_not_strand_the_resource(
+    timeout: float | None,
+) -> None:
     pool = AsyncPool(FakeConnector(), max_size=1, health_check_interval=None)
     held = await pool.acquire()
-    waiter = asyncio.ensure_future(pool._acquire_resource(10))
+    waiter = asyncio.ensure_future(acquire_in_task(pool, timeout))
     await asyncio.sleep(0.01)
     got: list[FakeResource] = []
 
@@ -65,10 +68,11 @@ async def test_waiter_cancelled_in_the_same_turn_as_a_release_does_not_strand_th
 
 
 @ASYNCIO_ONLY
-async def test_waiting_never_goes_negative_when_cancelled_as_the_pool_closes() -> None:
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["pool-timeout", "own-timeout"])
+async def test_waiting_never_goes_negative_when_cancelled_as_the_pool_closes(timeout: float | None) -> None:
     pool = AsyncPool(FakeConnector(), max_size=1, health_check_interval=None)
     held = await pool.acquire()
-    waiter = asyncio.ensure_future(pool._acquire_resource(5))
+    waiter = asyncio.ensure_future(acquire_in_task(pool, timeout))
     await asyncio.sleep(0.01)
     closer = asyncio.ensure_future(pool.close())
     waiter.cancel()

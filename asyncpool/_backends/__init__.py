@@ -95,6 +95,12 @@ class Backend(Protocol):
 
     def wait_queue(self, owner: WaitOwner) -> WaitQueue: ...
 
+    def ready(self, value: T) -> Awaitable[T] | None:
+        """An awaitable that gives ``value`` at once without suspending (on
+        asyncio a done future), made once per resource so that lending an
+        idle resource costs no coroutine; ``None`` if every acquire must be
+        a checkpoint (trio)."""
+
     def spawn(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, on_done: Callable[[], None] | None = None
     ) -> TaskHandle:

@@ -34,20 +34,14 @@ T = TypeVar("T")
 logger = logging.getLogger("asyncpool")
 
 _Future = asyncio.Future
-_new_waiter = object.__new__
 
-
-class _Waiter:
-    """One place in the queue. ``counted`` is true while it counts in
-    ``live``; whoever ends the wait (hand-over, deadline, close, or noticing
-    a cancellation) clears it, exactly once."""
-
-    __slots__ = ("counted", "deadline", "fut")
-
-    def __init__(self, fut: _Future[Entry[Any]], deadline: float) -> None:
-        self.fut = fut
-        self.deadline = deadline
-        self.counted = True
+# A waiter is a three-item list, ``[future, deadline, counted]``: about half
+# the cost of an object with three slots, on the path every waiting acquire
+# takes. ``counted`` is true while the place counts in ``live``; whoever ends
+# the wait (hand-over, deadline, close, or the waiter noticing its own
+# cancellation) clears it, exactly once.
+_FUT, _DEADLINE, _COUNTED = 0, 1, 2
+_Waiter = list  # [asyncio.Future[Entry], float, bool]
 
 
 class AsyncioWaitQueue:
@@ -60,7 +54,7 @@ class AsyncioWaitQueue:
         self._owner = owner
         # Places that no longer count are skipped lazily, and compacted away
         # when they outnumber the live ones.
-        self._queue: deque[_Waiter] = deque()
+        self._queue: deque[_Waiter[Any]] = deque()
         self._tail_deadline = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -75,11 +69,7 @@ class AsyncioWaitQueue:
             raise self._owner.closed_error()
         loop = self._loop
         fut: _Future[Entry[Any]] = loop.create_future()
-        # Built without running ``__init__``: this is the hot path of waiting.
-        waiter = _new_waiter(_Waiter)
-        waiter.fut = fut
-        waiter.deadline = deadline
-        waiter.counted = True
+        waiter = [fut, deadline, True]
         own_timer: asyncio.TimerHandle | None = None
         if deadline >= self._tail_deadline and deadline >= self._timer_at:
             # The usual case: the timer is already armed for an earlier
@@ -102,7 +92,7 @@ class AsyncioWaitQueue:
         try:
             return await fut
         except BaseException as exc:
-            if waiter.counted:
+            if waiter[_COUNTED]:
                 # We gave up while still queued (cancelled, or awaited from
                 # another loop): our place is dead now.
                 self._uncount(waiter)
@@ -127,16 +117,17 @@ class AsyncioWaitQueue:
         queue = self._queue
         while queue:
             waiter = queue.popleft()
-            if not waiter.counted:
+            if not waiter[_COUNTED]:
                 continue
-            waiter.counted = False
+            waiter[_COUNTED] = False
             self.live -= 1
-            if waiter.fut.cancelled():
+            fut = waiter[_FUT]
+            if fut.cancelled():
                 # Cancelled, but its task has not run yet to say so.
                 continue
             if not self.live:
                 self._reset()
-            waiter.fut.set_result(entry)
+            fut.set_result(entry)
             return True
         self._reset()
         return False
@@ -146,18 +137,18 @@ class AsyncioWaitQueue:
         queue = self._queue
         while queue:
             waiter = queue.popleft()
-            if waiter.counted:
+            if waiter[_COUNTED]:
                 self._uncount(waiter)
-                if not waiter.fut.done():
-                    waiter.fut.set_exception(make_exc())
+                if not waiter[_FUT].done():
+                    waiter[_FUT].set_exception(make_exc())
         self._reset()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
             self._timer_at = math.inf
 
-    def _uncount(self, waiter: _Waiter) -> None:
-        waiter.counted = False
+    def _uncount(self, waiter: _Waiter[Any]) -> None:
+        waiter[_COUNTED] = False
         self.live -= 1
 
     def _reset(self) -> None:
@@ -170,15 +161,15 @@ class AsyncioWaitQueue:
         if not self.live:
             self._reset()
         elif len(self._queue) > 2 * self.live + 64:
-            self._queue = deque(waiter for waiter in self._queue if waiter.counted)
+            self._queue = deque(waiter for waiter in self._queue if waiter[_COUNTED])
 
-    def _expire(self, waiter: _Waiter) -> None:
+    def _expire(self, waiter: _Waiter[Any]) -> None:
         self._uncount(waiter)
-        if not waiter.fut.cancelled():
-            waiter.fut.set_exception(self._owner.timeout_error())
+        if not waiter[_FUT].cancelled():
+            waiter[_FUT].set_exception(self._owner.timeout_error())
 
-    def _expire_one(self, waiter: _Waiter) -> None:
-        if waiter.counted:
+    def _expire_one(self, waiter: _Waiter[Any]) -> None:
+        if waiter[_COUNTED]:
             self._expire(waiter)
             self._after_removal()
 
@@ -195,17 +186,17 @@ class AsyncioWaitQueue:
         now = time.monotonic()
         while queue:
             waiter = queue[0]
-            if not waiter.counted:
+            if not waiter[_COUNTED]:
                 queue.popleft()
-            elif waiter.fut.cancelled():
+            elif waiter[_FUT].cancelled():
                 queue.popleft()
                 self._uncount(waiter)
-            elif waiter.deadline <= now:
+            elif waiter[_DEADLINE] <= now:
                 queue.popleft()
                 self._expire(waiter)
             else:
-                if waiter.deadline != math.inf:
-                    self._arm(waiter.deadline, now)
+                if waiter[_DEADLINE] != math.inf:
+                    self._arm(waiter[_DEADLINE], now)
                 break
         if not self.live:
             self._reset()
@@ -243,6 +234,11 @@ class AsyncioBackend:
 
     def wait_queue(self, owner: WaitOwner) -> AsyncioWaitQueue:
         return AsyncioWaitQueue(self.loop, owner)
+
+    def ready(self, value: T) -> Awaitable[T]:
+        fut: asyncio.Future[T] = self.loop.create_future()
+        fut.set_result(value)
+        return fut
 
     def spawn(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, on_done: Callable[[], None] | None = None

@@ -212,6 +212,9 @@ class TrioBackend:
     def wait_queue(self, owner: WaitOwner) -> TrioWaitQueue:
         return TrioWaitQueue(owner, self._token)
 
+    def ready(self, value: object) -> None:
+        return None  # every acquire is a checkpoint: no done-awaitable
+
     def spawn(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, on_done: Callable[[], None] | None = None
     ) -> _TaskHandle:
