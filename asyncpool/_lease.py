@@ -47,14 +47,15 @@ class Lease(Generic[R]):
         #
         # The uncontended path, ``PoolState.checkout`` unrolled for the case
         # that needs no decision: nobody queued ahead, and the warmest idle
-        # entry is neither expired nor due for any check (``Entry.lend_by``).
+        # entry is neither expired nor due for validation (``Entry.lend_by``),
+        # and the connector's local ``is_closed`` check, if any, passes.
         # Anything else goes through ``checkout`` and the slow path.
         pool = self._pool
         state = pool._state
         idle = state.idle
         if idle and not state.waiters.live:
             entry = idle[-1]
-            if state.now() < entry.lend_by:
+            if state.now() < entry.lend_by and (state.is_closed is None or not state.drop_if_closed(entry)):
                 idle.pop()
                 entry.state = LEASED
                 entry.owner = self
@@ -140,7 +141,7 @@ class Lease(Generic[R]):
             if waiters.hand_over(entry):
                 state.acquired += 1
                 return
-        lend_by = now + state.lend_margin
+        lend_by = now + state.validate_window
         if lend_by > entry.expires_at:
             lend_by = entry.expires_at
         entry.idle_since = now

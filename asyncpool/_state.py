@@ -72,8 +72,8 @@ class Entry(Generic[R]):
         #: When it was last known to work (created, reset or validated).
         self.last_ok = now
         self.idle_since = now
-        #: While idle: until when it may be lent without any check (see
-        #: ``PoolState.lend_margin``); one comparison on the hot path.
+        #: While idle: until when it may be lent without being validated
+        #: (nor retired for its age); one comparison on the hot path.
         self.lend_by = -math.inf
         #: Awaited by ``async with`` to lend it without a checkpoint (see
         #: ``Backend.ready``); set when it joins an open pool.
@@ -95,7 +95,6 @@ class PoolState(Generic[R]):
     """The bookkeeping and decisions of one pool (no awaits in here)."""
 
     __slots__ = (
-        "_is_closed",
         "acquired",
         "cfg",
         "checking",
@@ -107,9 +106,8 @@ class PoolState(Generic[R]):
         "entries",
         "health_failures",
         "idle",
+        "is_closed",
         "last_connect_error",
-        "lend_margin",
-        "lend_unchecked",
         "make_ready",
         "now",
         "on_change",
@@ -124,15 +122,11 @@ class PoolState(Generic[R]):
 
     def __init__(self, config: PoolConfig, is_closed: Callable[[R], bool] | None) -> None:
         self.cfg = config
-        self._is_closed = is_closed
+        #: The connector's cheap, local "is it closed?" check, run on every
+        #: lend; ``None`` if it has none.
+        self.is_closed = is_closed
         #: Idle time after which an entry is validated before lending.
         self.validate_window = math.inf if config.validate_after is None else config.validate_after
-        #: No cheap local "is it closed?" check to run before lending.
-        self.lend_unchecked = is_closed is None
-        #: How long after it was last known good an idle entry may be lent
-        #: with no check at all: never, if the connector has a local "is it
-        #: closed?" check, which then runs on every lend.
-        self.lend_margin = self.validate_window if self.lend_unchecked else -math.inf
         self.idle: deque[Entry[R]] = deque()
         #: Every entry that exists, by ``id(resource)``, so ``release()`` can
         #: find it; plus lent ones that ``close()`` destroyed under their
@@ -187,7 +181,7 @@ class PoolState(Generic[R]):
         validate_window = self.validate_window
         while idle:
             entry = idle.pop()
-            if entry.expires_at <= now or (self._is_closed is not None and self._known_closed(entry)):
+            if entry.expires_at <= now or (self.is_closed is not None and self._known_closed(entry)):
                 entry.state = ASSIGNED
                 self.discard(entry)
                 continue
@@ -201,9 +195,19 @@ class PoolState(Generic[R]):
             return entry
         return None
 
+    def drop_if_closed(self, entry: Entry[R]) -> bool:
+        """Retire the warmest idle ``entry`` if the connector knows it is
+        closed; ``True`` if it did."""
+        if not self._known_closed(entry):
+            return False
+        self.idle.pop()
+        entry.state = ASSIGNED
+        self.discard(entry)
+        return True
+
     def _known_closed(self, entry: Entry[R]) -> bool:
         try:
-            dead = self._is_closed(entry.resource)  # type: ignore[misc]
+            dead = self.is_closed(entry.resource)  # type: ignore[misc]
         except Exception:
             logger.exception("is_closed() raised; treating the resource as dead")
             dead = True
@@ -272,7 +276,7 @@ class PoolState(Generic[R]):
             # Back where it came from: the old end, so its idle age still
             # decides when it is evicted.
             entry.state = IDLE
-            entry.lend_by = min(entry.last_ok + self.lend_margin, entry.expires_at)
+            entry.lend_by = min(entry.last_ok + self.validate_window, entry.expires_at)
             self.idle.appendleft(entry)
 
     def _place(self, entry: Entry[R], now: float) -> None:
@@ -282,7 +286,7 @@ class PoolState(Generic[R]):
         entry.state = IDLE
         entry.idle_since = now
         # A suspect entry is never lent unchecked.
-        entry.lend_by = -math.inf if entry.suspect else min(entry.last_ok + self.lend_margin, entry.expires_at)
+        entry.lend_by = -math.inf if entry.suspect else min(entry.last_ok + self.validate_window, entry.expires_at)
         self.idle.append(entry)
 
     def _hand_over(self, entry: Entry[R]) -> bool:
