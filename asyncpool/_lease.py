@@ -40,20 +40,25 @@ class Lease(Generic[R]):
         return self.__aenter__().__await__()
 
     def __aenter__(self) -> Awaitable[R]:
-        # Not a coroutine function: when an idle resource can be lent at once,
-        # the awaitable returned is the entry's ``ready`` (on asyncio a done
-        # future holding the resource), which ``async with`` awaits without
-        # suspending and without a coroutine being made for it.
+        # Not a coroutine function, so that the two common cases cost no
+        # coroutine of their own:
         #
-        # The uncontended path, ``PoolState.checkout`` unrolled for the case
-        # that needs no decision: nobody queued ahead, and the warmest idle
-        # entry is neither expired nor due for validation (``Entry.lend_by``),
-        # and the connector's local ``is_closed`` check, if any, passes.
-        # Anything else goes through ``checkout`` and the slow path.
+        # - uncontended: ``PoolState.checkout`` unrolled for the case that
+        #   needs no decision. Nobody is queued ahead, the warmest idle entry
+        #   is neither expired nor due for validation (``Entry.lend_by``) and
+        #   the connector's local ``is_closed`` check, if any, passes. The
+        #   awaitable returned is the entry's ``ready`` (on asyncio a done
+        #   future holding the resource), which does not suspend.
+        # - contended: queue up at once; the wait queue binds the entry it is
+        #   handed (lent already, see ``PoolState._hand_over``) to this lease.
+        #
+        # Anything else (not open yet, closed, validation due, backpressure,
+        # a bad timeout) goes through ``_enter`` and the slow path.
         pool = self._pool
         state = pool._state
         idle = state.idle
-        if idle and not state.waiters.live:
+        waiters = state.waiters
+        if idle and not waiters.live:
             entry = idle[-1]
             if state.now() < entry.lend_by and (state.is_closed is None or not state.drop_if_closed(entry)):
                 idle.pop()
@@ -67,33 +72,23 @@ class Lease(Generic[R]):
                 # No done-future for this library (trio): the acquire is a
                 # checkpoint, as the library's conventions ask.
                 return pool._checkpoint_lent(entry)
+        elif pool._opened and not state.closed and waiters.live < pool._max_waiting:
+            timeout = self._timeout
+            if timeout is None:
+                return waiters.wait(state.now() + pool._wait_limit, self)
+            if timeout >= 0:
+                return waiters.wait(state.now() + timeout, self)
         return self._enter()
 
     async def _enter(self) -> R:
         pool = self._pool
         state = pool._state
-        entry: Entry[R] | None = None
-        if state.idle and not state.waiters.live:
-            entry = state.checkout()
-            if entry is not None and entry.state == LEASED:
-                if pool._checkpoint is not None:
-                    await pool._checkpoint_lent(entry)
-                self._entry = entry
-                entry.owner = self
-                return entry.resource
-        elif pool._opened and not state.closed and state.waiters.live < pool._max_waiting:
-            # The contended path, ``AsyncPool._acquire_until`` unrolled for
-            # the usual case: queue up at once. A hand-over comes lent
-            # (``PoolState._hand_over``) unless it must be validated first.
-            timeout = self._timeout
-            deadline = state.now() + pool._wait_limit if timeout is None else pool._deadline(timeout, None)
-            entry = await state.waiters.wait(deadline)
-            if entry.state != LEASED:
-                entry = await pool._acquire_until(deadline, entry)
-            self._entry = entry
-            entry.owner = self
-            return entry.resource
-        entry = await pool._acquire_until(pool._deadline(self._timeout, entry), entry)
+        entry = state.checkout() if state.idle and not state.waiters.live else None
+        if entry is not None and entry.state == LEASED:
+            if pool._checkpoint is not None:
+                await pool._checkpoint_lent(entry)
+        else:
+            entry = await pool._acquire_until(pool._deadline(self._timeout, entry), entry, self)
         self._entry = entry
         entry.owner = self
         return entry.resource

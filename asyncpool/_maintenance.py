@@ -118,16 +118,26 @@ async def run_health_check(pool: AsyncPool[Any]) -> None:
             return
         if backend.now() - entry.last_ok <= threshold or not state.take_for_check(entry):
             continue
-        try:
-            ok = bool(await backend.call_with_timeout(cfg.cleanup_timeout, pool._connector.validate, entry.resource))
-        except backend.cancelled:
-            state.discard(entry)
-            raise
-        except Exception as exc:
-            logger.info("pool%s: health check failed: %s", pool._label, _describe(exc))
-            ok = False
-        state.checked(entry, ok)
+        await check_entry(pool, entry)
     state.grow()
+
+
+async def check_entry(pool: AsyncPool[Any], entry: Entry[Any]) -> None:
+    """Validate a CHECKING entry, bounded by ``cleanup_timeout``; it is
+    handed over or kept if healthy, retired (and replaced) if not."""
+    state = pool._state
+    backend = pool._backend
+    try:
+        ok = bool(
+            await backend.call_with_timeout(pool._config.cleanup_timeout, pool._connector.validate, entry.resource)
+        )
+    except backend.cancelled:
+        state.discard(entry)
+        raise
+    except Exception as exc:
+        logger.info("pool%s: health check failed: %s", pool._label, _describe(exc))
+        ok = False
+    state.checked(entry, ok)
 
 
 async def health_loop(pool_ref: weakref.ref[AsyncPool[Any]], interval: float) -> None:

@@ -21,8 +21,8 @@ from ._config import PoolConfig
 from ._connector import Connector, as_connector
 from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
 from ._lease import Lease
-from ._maintenance import ConnectSlot, close_entry, connect_worker, health_loop, return_in_background
-from ._state import CLOSED, LEASED, RETURNING, Entry, PoolState
+from ._maintenance import ConnectSlot, check_entry, close_entry, connect_worker, health_loop, return_in_background
+from ._state import CHECKING, CLOSED, LEASED, RETURNING, Entry, PoolState
 from ._stats import PoolStats
 
 __all__ = ["AsyncPool"]
@@ -223,6 +223,7 @@ class AsyncPool(Generic[R]):
         st.waiters = backend.wait_queue(st)
         st.start_connect = self._start_connect
         st.start_close = self._start_close
+        st.start_check = self._start_check
         st.on_change = self._on_change
         st.make_ready = backend.ready
         st.reset_counters()
@@ -250,6 +251,16 @@ class AsyncPool(Generic[R]):
             # Cancelled (pool closing) or crashed: the place it held is free.
             slot.settled = True
             self._state.connect_abandoned()
+
+    def _start_check(self, entry: Entry[R]) -> None:
+        entry.owner = token = object()
+        self._backend.spawn(check_entry, self, entry, on_done=lambda: self._check_done(entry, token))
+
+    def _check_done(self, entry: Entry[R], token: object) -> None:
+        if entry.state == CHECKING and entry.owner is token:
+            # The check never ran (cancelled before its first step, at loop
+            # shutdown): the entry is still unproven.
+            self._state.discard(entry)
 
     def _start_close(self, entry: Entry[R]) -> None:
         self._pending_closes += 1
@@ -340,11 +351,12 @@ class AsyncPool(Generic[R]):
             raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
         return self._backend.now() + limit
 
-    async def _acquire_until(self, deadline: float, entry: Entry[R] | None) -> Entry[R]:
+    async def _acquire_until(self, deadline: float, entry: Entry[R] | None, taker: Lease[R]) -> Entry[R]:
         """The slow path: validate, wait, connect, until ``deadline``.
 
         ``entry`` may be an ASSIGNED entry the caller already took and that
-        needs validation.
+        needs validation. An entry handed over while waiting comes lent and
+        bound to ``taker``.
         """
         st = self._state
         while True:
@@ -364,7 +376,8 @@ class AsyncPool(Generic[R]):
                         raise PoolBusy(
                             f"pool{self._label} has {st.waiters.live} tasks waiting (max_waiting={max_waiting})"
                         )
-                    entry = await st.waiters.wait(deadline)
+                    await st.waiters.wait(deadline, taker)
+                    return taker._entry
             if entry.state == LEASED:
                 return entry
             if entry.suspect:

@@ -113,6 +113,7 @@ class PoolState(Generic[R]):
         "on_change",
         "rejected",
         "size",
+        "start_check",
         "start_close",
         "start_connect",
         "timeouts",
@@ -143,6 +144,7 @@ class PoolState(Generic[R]):
         # Hooks into the async shell; each only spawns a background task.
         self.start_connect: Callable[[], None] = _nothing
         self.start_close: Callable[[Entry[R]], None] = _nothing
+        self.start_check: Callable[[Entry[R]], None] = _nothing
         self.on_change: Callable[[], None] = _nothing
         self.make_ready: Callable[[R], Awaitable[R] | None] = _nothing
         self.reset_counters()
@@ -267,6 +269,7 @@ class PoolState(Generic[R]):
             return
         self.checking -= 1
         entry.state = ASSIGNED
+        entry.suspect = False
         entry.last_ok = self.now()
         if self.closed:
             self.discard(entry)
@@ -292,13 +295,15 @@ class PoolState(Generic[R]):
     def _hand_over(self, entry: Entry[R]) -> bool:
         """Give ``entry`` to the longest waiter, if one is still waiting.
 
-        A healthy entry is lent in the same step, so the woken waiter has
-        nothing left to decide; a suspect one goes ASSIGNED, for the waiter
-        to validate first.
+        It is lent in the same step, so the woken waiter has nothing left to
+        decide. A suspect entry is validated first, in the background (see
+        ``checked``), and handed over from there if it is healthy.
         """
         if entry.suspect:
-            entry.state = ASSIGNED
-            return self.waiters.hand_over(entry)
+            entry.state = CHECKING
+            self.checking += 1
+            self.start_check(entry)
+            return True
         entry.state = LEASED
         entry.owner = None
         if self.waiters.hand_over(entry):

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolTimeout
+from asyncpool._state import ASSIGNED
 
 from .fakes import FakeConnector, FakeError, FakeResource, acquire_in_task, check_invariants
 
@@ -134,3 +135,42 @@ async def test_acquire_nowait_on_a_pool_not_yet_open_is_busy() -> None:
     pool = AsyncPool(FakeConnector())
     with pytest.raises(PoolBusy):
         pool.acquire_nowait()
+
+
+@pytest.mark.parametrize("healthy", [True, False], ids=["healthy", "dead"])
+async def test_a_suspect_entry_freed_while_tasks_wait_is_validated_before_anyone_gets_it(healthy: bool) -> None:
+    """Hand-overs always come lent, so an entry that must be validated first
+    is checked in the background and only then handed to the waiter (or
+    retired and replaced). Reached through the state directly: the pool's
+    own paths give such an entry back only when nobody waits."""
+    connector = FakeConnector()
+    pool = AsyncPool(connector, max_size=1, health_check_interval=None)
+    held = await pool.acquire()
+    got: list[FakeResource] = []
+
+    async def waiter() -> None:
+        async with pool.acquire(timeout=5) as resource:
+            got.append(resource)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        while pool.stats().waiting < 1:
+            await anyio.sleep(0)
+        state = pool._state
+        entry = state.entries[id(held)]
+        # As if its borrower had given it back unchecked.
+        entry.state = ASSIGNED
+        entry.suspect = True
+        held.dead = not healthy
+        before = connector.validations
+        state.give_back(entry)
+        check_invariants(pool)
+    assert connector.validations == before + 1
+    assert len(got) == 1
+    if healthy:
+        assert got[0] is held
+    else:
+        assert got[0] is not held and held.close_count == 1
+    check_invariants(pool)
+    await pool.close()
+    assert all(resource.close_count == 1 for resource in connector.created)

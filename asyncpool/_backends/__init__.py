@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from .._state import Entry
 
-__all__ = ["Backend", "Event", "TaskHandle", "WaitOwner", "WaitQueue", "current_backend"]
+__all__ = ["Backend", "Event", "Taker", "TaskHandle", "WaitOwner", "WaitQueue", "current_backend"]
 
 T = TypeVar("T")
 
@@ -36,21 +36,33 @@ class WaitOwner(Protocol):
         """A waiter was handed ``entry`` but gave up before taking it."""
 
 
+class Taker(Protocol):
+    """Who waits in a queue (a ``Lease``): it is bound to the entry it gets."""
+
+    _entry: Entry[Any]
+
+
 class WaitQueue(Protocol):
     """Tasks waiting for an entry, served strictly first in, first out."""
 
     #: How many tasks wait now (and have not been handed an entry yet).
     live: int
 
-    async def wait(self, deadline: float) -> Entry[Any]:
-        """Wait until handed an entry; ``deadline`` is on ``Backend.now``'s
-        clock, ``math.inf`` for no deadline. Raises the owner's timeout error
-        at the deadline. If the caller is cancelled after it was handed an
-        entry, the entry goes back through ``owner.give_back``."""
+    async def wait(self, deadline: float, taker: Taker) -> Any:
+        """Wait until handed an entry, bind it to ``taker`` (its ``_entry``
+        and the entry's ``owner``) and return its resource.
+
+        ``deadline`` is on ``Backend.now``'s clock, ``math.inf`` for no
+        deadline. Raises the owner's timeout error at the deadline. If the
+        caller is cancelled after it was handed an entry, the entry goes back
+        through ``owner.give_back``. Doing the binding here, in the waiter's
+        own coroutine, saves a coroutine layer on every contended acquire.
+        """
         ...
 
     def hand_over(self, entry: Entry[Any]) -> bool:
-        """Give ``entry`` to the longest waiting task; ``False`` if none."""
+        """Give ``entry``, already lent, to the longest waiting task;
+        ``False`` if none."""
         ...
 
     def fail_all(self, make_exc: Callable[[], BaseException]) -> None:

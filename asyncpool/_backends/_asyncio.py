@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import PoolError
-from . import WaitOwner
+from . import Taker, WaitOwner
 
 if TYPE_CHECKING:
     from .._state import Entry
@@ -64,7 +64,7 @@ class AsyncioWaitQueue:
     def __len__(self) -> int:
         return self.live
 
-    async def wait(self, deadline: float) -> Entry[Any]:
+    async def wait(self, deadline: float, taker: Taker) -> Any:
         if self._closed:
             raise self._owner.closed_error()
         loop = self._loop
@@ -90,7 +90,7 @@ class AsyncioWaitQueue:
         self.live += 1
         self._owner.waiter_enqueued()
         try:
-            return await fut
+            entry = await fut
         except BaseException as exc:
             if waiter[_COUNTED]:
                 # We gave up while still queued (cancelled, or awaited from
@@ -112,6 +112,9 @@ class AsyncioWaitQueue:
         finally:
             if own_timer is not None:
                 own_timer.cancel()
+        taker._entry = entry
+        entry.owner = taker
+        return entry.resource
 
     def hand_over(self, entry: Entry[Any]) -> bool:
         queue = self._queue

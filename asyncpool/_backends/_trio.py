@@ -22,7 +22,7 @@ import outcome
 import trio
 
 from .._errors import PoolError
-from . import WaitOwner
+from . import Taker, WaitOwner
 
 if TYPE_CHECKING:
     from .._state import Entry
@@ -69,7 +69,7 @@ class TrioWaitQueue:
     def __len__(self) -> int:
         return self.live
 
-    async def wait(self, deadline: float) -> Entry[Any]:
+    async def wait(self, deadline: float, taker: Taker) -> Any:
         if trio.lowlevel.current_trio_token() is not self._token:
             raise PoolError("this pool belongs to another trio run; create one pool per run")
         if self._stopped:
@@ -93,10 +93,17 @@ class TrioWaitQueue:
             return trio.lowlevel.Abort.SUCCEEDED
 
         if in_order:
-            return cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
-        with trio.CancelScope(deadline=deadline):
-            return cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
-        raise self._owner.timeout_error()
+            entry = cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
+        else:
+            handed: Entry[Any] | None = None
+            with trio.CancelScope(deadline=deadline):
+                handed = cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
+            if handed is None:
+                raise self._owner.timeout_error()
+            entry = handed
+        taker._entry = entry
+        entry.owner = taker
+        return entry.resource
 
     def hand_over(self, entry: Entry[Any]) -> bool:
         queue = self._queue
