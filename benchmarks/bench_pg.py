@@ -11,7 +11,10 @@ asyncio loop and once on uvloop. The contenders:
 * ``psycopg_pool.AsyncConnectionPool``;
 * a SQLAlchemy async engine (asyncpg driver, ``QueuePool`` of 10);
 * the floor: a bare ``asyncio.Queue`` of 10 raw asyncpg connections, the
-  least any pool can do (no reset, no health checks, no bookkeeping).
+  least any pool can do (no reset, no health checks, no bookkeeping);
+* the same queue with a reset round trip added to every cycle, once with
+  asyncpool's full reset query and once with asyncpg's ``Connection.reset()``:
+  what a pool that resets that way, inline, could reach with no logic of its own.
 
 At each concurrency the contenders take turns: every contender's pool is
 opened, then ``--rounds`` rounds (default 3) each run every contender once
@@ -30,7 +33,7 @@ loop's leftovers (caches, garbage, open sockets) cannot colour the other's.
 
 Usage::
 
-    python benchmarks/bench_pg.py                     # full run, ~3 minutes
+    python benchmarks/bench_pg.py                     # full run, ~4 minutes
     python benchmarks/bench_pg.py --quick             # smoke run, ~30 seconds
     python benchmarks/bench_pg.py --readme README.md  # also update README.md
     python benchmarks/bench_pg.py --contenders asyncpg,psycopg_pool,sqlalchemy
@@ -71,7 +74,7 @@ from _common import (
     replace_readme_section,
 )
 
-from asyncpool.asyncpg import mask_dsn
+from asyncpool.asyncpg import FULL_RESET_QUERY, mask_dsn
 
 # -- what is measured ----------------------------------------------------------
 
@@ -208,8 +211,14 @@ async def open_sqlalchemy(dsn: str) -> OpenPool:
     return OpenPool(cycle, engine.dispose)
 
 
-async def open_floor(dsn: str) -> OpenPool:
-    """Open the floor: an ``asyncio.Queue`` of raw asyncpg connections."""
+async def open_floor(dsn: str, reset: str | None = None) -> OpenPool:
+    """Open the floor: an ``asyncio.Queue`` of raw asyncpg connections.
+
+    ``reset`` adds a reset round trip to every cycle, with no pool logic
+    around it: ``"full"`` runs asyncpool's full reset query, ``"asyncpg"``
+    asyncpg's own ``Connection.reset()``. These bound what any pool that
+    resets that way can reach.
+    """
     connections = [await asyncpg.connect(dsn) for _ in range(POOL_SIZE)]
     queue: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
     for conn in connections:
@@ -222,10 +231,27 @@ async def open_floor(dsn: str) -> OpenPool:
         finally:
             queue.put_nowait(conn)
 
+    async def cycle_full_reset() -> None:
+        conn = await queue.get()
+        try:
+            await conn.fetchval(QUERY)
+            await conn.execute(FULL_RESET_QUERY)
+        finally:
+            queue.put_nowait(conn)
+
+    async def cycle_asyncpg_reset() -> None:
+        conn = await queue.get()
+        try:
+            await conn.fetchval(QUERY)
+            await conn.reset()
+        finally:
+            queue.put_nowait(conn)
+
     async def close() -> None:
         await asyncio.gather(*(conn.close() for conn in connections))
 
-    return OpenPool(cycle, close)
+    cycles = {None: cycle, "full": cycle_full_reset, "asyncpg": cycle_asyncpg_reset}
+    return OpenPool(cycles[reset], close)
 
 
 def all_contenders() -> list[Contender]:
@@ -245,7 +271,9 @@ def all_contenders() -> list[Contender]:
             "asyncpool (reset=full, inline)",
             partial(open_asyncpool, reset="full", background_reset=False),
         ),
+        Contender("floor-full", "asyncio.Queue + full reset query", partial(open_floor, reset="full")),
         Contender("asyncpg", "asyncpg.create_pool", open_asyncpg),
+        Contender("floor-asyncpg", "asyncio.Queue + asyncpg's reset()", partial(open_floor, reset="asyncpg")),
         Contender("psycopg_pool", "psycopg_pool", open_psycopg_pool),
         Contender("sqlalchemy", "SQLAlchemy (asyncpg)", open_sqlalchemy),
     ]
@@ -726,7 +754,7 @@ def plot(points: Sequence[Point], info: dict[str, str], path: Path, *, rounds: i
                     [x for x, _ in series],
                     [y for _, y in series],
                     marker="o",
-                    linestyle="--" if contender.key == FLOOR else "-",
+                    linestyle="--" if contender.key.startswith(FLOOR) else "-",
                     color=colours[contender.key],
                     label=contender.label,
                 )
@@ -805,9 +833,19 @@ def targets(points: Sequence[Point]) -> str:
                 speedups.append(full.ops_per_s / peer.ops_per_s)
         if speedups:
             worst = min(speedups)
-            parts.append(
-                f"full reset at least 1.5x `asyncpg.create_pool`: lowest {worst:.2f}x, {verdict(worst >= 1.5)}"
-            )
+            part = f"full reset at least 1.5x `asyncpg.create_pool`: lowest {worst:.2f}x, {verdict(worst >= 1.5)}"
+            ceilings = []
+            for n in sorted({p.concurrency for p in points}):
+                bound, peer = found.get((loop, "floor-full", n)), found.get((loop, "asyncpg", n))
+                if bound and peer and bound.ops_per_s and peer.ops_per_s:
+                    ceilings.append((bound.ops_per_s / peer.ops_per_s, n))
+            if ceilings:
+                ceiling, n = min(ceilings)
+                part += (
+                    f" (a bare queue running the same reset query, with no pool logic at all, "
+                    f"reaches {ceiling:.2f}x of it at {n} tasks)"
+                )
+            parts.append(part)
         spreads = []
         for key in ("asyncpool-full", "asyncpool-rollback"):
             point = found.get((loop, key, 1000))
