@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
-from ._state import IDLE, LEASED, RETURNING
+from ._state import HANDED, IDLE, LEASED, RETURNING
 
 if TYPE_CHECKING:
     from ._pool import AsyncPool
@@ -26,6 +26,10 @@ class Lease(Generic[R]):
     way out, whatever way that is. If the block is left by a cancellation,
     the clean-up (reset, validation) is finished in the background, so the
     cancelled task is not held up and the resource is still not lost.
+
+    ``__aenter__`` lends an idle resource when it is called, not when its
+    awaitable is awaited (that is what keeps it cheap), so call it only as
+    ``async with`` and ``await`` do: awaiting the result at once.
     """
 
     __slots__ = ("_entry", "_pool", "_timeout")
@@ -132,7 +136,7 @@ class Lease(Generic[R]):
         waiters = state.waiters
         if waiters.live:
             entry.state = LEASED
-            entry.owner = None
+            entry.owner = HANDED
             if waiters.hand_over(entry):
                 state.acquired += 1
                 return

@@ -22,7 +22,7 @@ from ._connector import Connector, as_connector
 from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
 from ._lease import Lease
 from ._maintenance import ConnectSlot, check_entry, close_entry, connect_worker, health_loop, return_in_background
-from ._state import CHECKING, CLOSED, LEASED, RETURNING, Entry, PoolState
+from ._state import CHECKING, CLOSED, HANDED, LEASED, RETURNING, Entry, PoolState
 from ._stats import PoolStats
 
 __all__ = ["AsyncPool"]
@@ -323,7 +323,8 @@ class AsyncPool(Generic[R]):
         try:
             await self._checkpoint()  # type: ignore[misc]
         except BaseException:
-            entry.state = RETURNING
+            if entry.state != CLOSED:  # not destroyed by close() meanwhile
+                entry.state = RETURNING
             self._state.checkin(entry)
             raise
         return entry.resource
@@ -443,7 +444,8 @@ class AsyncPool(Generic[R]):
             return
         if entry.state == RETURNING:
             raise PoolError(f"release() of a resource that is already being released to pool{self._label}")
-        if entry.state != LEASED:
+        if entry.state != LEASED or entry.owner is HANDED:
+            # (HANDED: released, and handed to a waiter that has not run yet.)
             raise PoolError(f"release() of a resource that was already released to pool{self._label}")
         if discard:
             entry.state = RETURNING

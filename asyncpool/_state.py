@@ -27,7 +27,7 @@ from ._errors import PoolClosed, PoolTimeout
 if TYPE_CHECKING:
     from ._backends import WaitQueue
 
-__all__ = ["ASSIGNED", "CHECKING", "CLOSED", "IDLE", "LEASED", "RETURNING", "Entry", "PoolState"]
+__all__ = ["ASSIGNED", "CHECKING", "CLOSED", "HANDED", "IDLE", "LEASED", "RETURNING", "Entry", "PoolState"]
 
 R = TypeVar("R")
 logger = logging.getLogger("asyncpool")
@@ -41,6 +41,10 @@ CHECKING = 4  #: taken out of ``idle`` by the health check
 CLOSED = 5  #: gone for good (its close() runs or ran)
 
 _STATE_NAMES = ("idle", "assigned", "leased", "returning", "checking", "closed")
+
+#: ``Entry.owner`` of an entry handed over to a waiter that has not run yet:
+#: lent, but not releasable by anyone until its new borrower has it.
+HANDED = object()
 
 #: Lifetimes are shortened by up to this fraction, at random, so resources
 #: created together do not all expire together.
@@ -270,6 +274,7 @@ class PoolState(Generic[R]):
         self.checking -= 1
         entry.state = ASSIGNED
         entry.suspect = False
+        entry.owner = None  # the check is over: its token no longer applies
         entry.last_ok = self.now()
         if self.closed:
             self.discard(entry)
@@ -305,7 +310,7 @@ class PoolState(Generic[R]):
             self.start_check(entry)
             return True
         entry.state = LEASED
-        entry.owner = None
+        entry.owner = HANDED
         if self.waiters.hand_over(entry):
             self.acquired += 1
             return True
@@ -416,8 +421,15 @@ class PoolState(Generic[R]):
         except ValueError:  # pragma: no cover - defensive
             return False
         entry.state = CHECKING
+        entry.owner = None
         self.checking += 1
         return True
+
+    def handed_closed(self, entry: Entry[R]) -> BaseException:
+        """A waiter was handed ``entry``, but ``close()`` destroyed it before
+        the waiter ran: nobody will release it, and the waiter gets this."""
+        self.entries.pop(entry.key, None)
+        return self.closed_error()
 
     # -- waiting -------------------------------------------------------------
 

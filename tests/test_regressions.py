@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import anyio
 import pytest
 
-from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolTimeout
-from asyncpool._state import ASSIGNED
+from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolError, PoolTimeout
+from asyncpool._maintenance import run_health_check
+from asyncpool._state import ASSIGNED, LEASED
 
 from .fakes import FakeConnector, FakeError, FakeResource, acquire_in_task, check_invariants
 
 pytestmark = pytest.mark.anyio
 
 ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+TRIO_ONLY = pytest.mark.parametrize("anyio_backend", [pytest.param(("trio", {}), id="trio")])
 
 
 async def test_close_while_an_acquirer_validates_a_dead_resource_raises_pool_closed() -> None:
@@ -174,3 +177,152 @@ async def test_a_suspect_entry_freed_while_tasks_wait_is_validated_before_anyone
     check_invariants(pool)
     await pool.close()
     assert all(resource.close_count == 1 for resource in connector.created)
+
+
+async def test_a_second_release_while_the_resource_is_handed_over_raises_and_lends_it_once() -> None:
+    """A hand-over comes lent before the waiter runs; releasing the resource
+    again in that window must still be refused, not lend it twice."""
+    pool = AsyncPool(FakeConnector(), max_size=1, health_check_interval=None)
+    held = await pool.acquire()
+    got: list[FakeResource] = []
+
+    async def waiter() -> None:
+        async with pool.acquire(timeout=5) as resource:
+            got.append(resource)
+            await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        while pool.stats().waiting < 1:
+            await anyio.sleep(0)
+        await pool.release(held)  # handed to ``waiter``, which has not run yet
+        with pytest.raises(PoolError, match="already released"):
+            await pool.release(held)
+        await anyio.sleep(0.01)
+        assert got == [held]
+        with pytest.raises(PoolBusy):  # still the waiter's
+            pool.acquire_nowait()
+    check_invariants(pool)
+    await pool.close()
+
+
+def test_a_contended_acquire_from_another_loop_raises_pool_error_and_changes_nothing() -> None:
+    pool = AsyncPool(FakeConnector(), max_size=2, health_check_interval=None, timeout=None)
+
+    async def first_run() -> None:
+        await pool.open()
+
+    asyncio.run(first_run())  # the pool's loop is closed now
+    before = pool.stats()
+
+    async def second_run() -> None:
+        await pool.acquire()
+
+    with pytest.raises(PoolError, match="another event loop"):
+        asyncio.run(second_run())
+    after = pool.stats()
+    assert (after.size, after.waiting) == (before.size, before.waiting), (before, after)
+
+
+@TRIO_ONLY
+async def test_an_acquire_checkpoint_cancelled_after_close_destroyed_its_resource_closes_it_once() -> None:
+    import trio
+
+    for _ in range(40):  # trio runs a batch in random order: try both
+        connector = FakeConnector()
+        pool = AsyncPool(connector, max_size=1, health_check_interval=None)
+        async with pool.acquire():
+            pass
+        scope = trio.CancelScope()
+
+        async def user(pool: AsyncPool[FakeResource] = pool, scope: trio.CancelScope = scope) -> None:
+            with scope, contextlib.suppress(PoolClosed):
+                async with pool.acquire():
+                    await trio.sleep_forever()
+
+        async def closer(pool: AsyncPool[FakeResource] = pool, scope: trio.CancelScope = scope) -> None:
+            scope.cancel()
+            with trio.move_on_after(1):
+                await pool.close(timeout=0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(user)
+            nursery.start_soon(closer)
+        await trio.sleep(0.01)
+        assert pool.stats().size == 0, pool.stats()
+        connector.assert_all_closed_once()
+
+
+@TRIO_ONLY
+async def test_a_waiter_is_never_handed_a_resource_that_close_already_destroyed() -> None:
+    import trio
+
+    for _ in range(40):  # trio runs a batch in random order: try both
+        connector = FakeConnector()
+        pool = AsyncPool(connector, max_size=1, health_check_interval=None)
+        held = await pool.acquire()
+        got: list[tuple[FakeResource, int]] = []
+        refused: list[BaseException] = []
+
+        async def waiter(
+            pool: AsyncPool[FakeResource] = pool,
+            got: list[tuple[FakeResource, int]] = got,
+            refused: list[BaseException] = refused,
+        ) -> None:
+            try:
+                resource = await pool.acquire(timeout=5)
+            except PoolClosed as exc:
+                refused.append(exc)
+            else:
+                # Closed under its borrower later is what close(timeout=0)
+                # does; destroyed before it was returned is not.
+                got.append((resource, pool._state.entries[id(resource)].state))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            while pool.stats().waiting < 1:
+                await trio.sleep(0)
+            await pool.release(held)  # handed to ``waiter``
+            await pool.close(timeout=0)  # destroys lent resources
+        assert len(got) + len(refused) == 1
+        assert all(state == LEASED for _, state in got), "acquire() returned a resource close() had destroyed"
+        for resource, _ in got:
+            await pool.release(resource)
+        assert pool.stats().size == 0
+        connector.assert_all_closed_once()
+
+
+@ASYNCIO_ONLY
+async def test_a_finished_background_check_does_not_retire_an_entry_a_later_health_check_took() -> None:
+    """The done-callback of a background check runs a loop turn after the
+    check; by then the health check may have taken the same entry."""
+    loop = asyncio.get_running_loop()
+    gates = [loop.create_future()]
+
+    class Gated(FakeConnector):
+        async def validate(self, resource: FakeResource) -> bool:
+            self.validations += 1
+            await gates[-1]
+            return True
+
+    pool = AsyncPool(Gated(), max_size=1, health_check_interval=None, validate_after=None)
+    held = await pool.acquire()
+    waiter = asyncio.ensure_future(acquire_in_task(pool, 5))
+    while pool.stats().waiting < 1:
+        await asyncio.sleep(0)
+    state = pool._state
+    entry = state.entries[id(held)]
+    entry.state = ASSIGNED  # as if given back unchecked: checked in the background
+    entry.suspect = True
+    state.give_back(entry)
+    waiter.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the background check waits on gates[0]
+    gates[0].set_result(None)
+    gates.append(loop.create_future())
+    await asyncio.sleep(0)  # the check finished (idle); its done-callback is queued after us
+    loop.call_later(0.05, gates[-1].set_result, None)
+    await run_health_check(pool)
+    check_invariants(pool)
+    await asyncio.gather(waiter, return_exceptions=True)
+    await pool.close()

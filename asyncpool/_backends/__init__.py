@@ -35,6 +35,10 @@ class WaitOwner(Protocol):
     def give_back(self, entry: Entry[Any]) -> None:
         """A waiter was handed ``entry`` but gave up before taking it."""
 
+    def handed_closed(self, entry: Entry[Any]) -> BaseException:
+        """A waiter was handed ``entry``, which ``close()`` destroyed before
+        the waiter ran; the exception it raises."""
+
 
 class Taker(Protocol):
     """Who waits in a queue (a ``Lease``): it is bound to the entry it gets."""

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import PoolError
+from .._state import CLOSED
 from . import Taker, WaitOwner
 
 if TYPE_CHECKING:
@@ -68,6 +69,10 @@ class AsyncioWaitQueue:
         if self._closed:
             raise self._owner.closed_error()
         loop = self._loop
+        if asyncio.get_running_loop() is not loop:
+            # Before queueing: a place (and a connect started for it) on a
+            # loop that may be closed would never be settled.
+            raise PoolError("this pool belongs to another event loop; create one pool per loop")
         fut: _Future[Entry[Any]] = loop.create_future()
         waiter = [fut, deadline, True]
         own_timer: asyncio.TimerHandle | None = None
@@ -91,10 +96,10 @@ class AsyncioWaitQueue:
         self._owner.waiter_enqueued()
         try:
             entry = await fut
-        except BaseException as exc:
+        except BaseException:
             if waiter[_COUNTED]:
-                # We gave up while still queued (cancelled, or awaited from
-                # another loop): our place is dead now.
+                # We gave up while still queued (cancelled): our place is
+                # dead now.
                 self._uncount(waiter)
                 if not fut.done():
                     fut.cancel()
@@ -103,15 +108,12 @@ class AsyncioWaitQueue:
                 # Handed an entry in the same loop turn as our
                 # cancellation: it is not ours to keep, so it goes on.
                 self._owner.give_back(fut.result())
-            if isinstance(exc, RuntimeError) and asyncio.get_running_loop() is not loop:
-                # Awaiting another loop's future fails at once (asyncio checks
-                # that), which is cheaper than checking the running loop on
-                # every wait; say what went wrong in the pool's own terms.
-                raise PoolError("this pool belongs to another event loop; create one pool per loop") from None
             raise
         finally:
             if own_timer is not None:
                 own_timer.cancel()
+        if entry.state == CLOSED:
+            raise self._owner.handed_closed(entry)
         taker._entry = entry
         entry.owner = taker
         return entry.resource
