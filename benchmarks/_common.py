@@ -153,3 +153,10 @@ _NUMBER = re.compile(r"^[-+]?[\d,_]*\.?\d+(?:[eE][-+]?\d+)?[%x]?$")
 
 def _numeric(cell: str) -> bool:
     return cell == "" or bool(_NUMBER.match(cell.strip()))
+
+
+def ratio_text(value: float, target: float) -> str:
+    """``value`` as ``0.72x``; with a third decimal when two would show the
+    target itself, so that "0.50x, not met" never appears for 0.498."""
+    digits = 3 if round(value, 2) == target and value != target else 2
+    return f"{value:.{digits}f}x"

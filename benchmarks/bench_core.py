@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import machine_info, markdown_table, percentile, replace_readme_section
+from _common import machine_info, markdown_table, percentile, ratio_text, replace_readme_section
 
 from asyncpool import AsyncPool
 
@@ -389,16 +389,18 @@ def _targets(results: dict[str, Any]) -> str:
         if loop == "trio":
             worst = min(row["ratio"] for row in loop_rows)
             lines.append(
-                f"- trio: at least 0.8x its floor at every concurrency: lowest {worst:.2f}x, {_verdict(worst, 0.8)}"
+                "- trio: at least 0.8x its floor at every concurrency: "
+                f"lowest {ratio_text(worst, 0.8)}, {_verdict(worst, 0.8)}"
             )
             continue
         one = by_tasks[1]["ratio"]
         contended = min(by_tasks[t]["ratio"] for t in CONCURRENCY)
         spread = by_tasks[1000]["p99_over_p50"]
         lines.append(
-            f"- {loop}: uncontended at least 0.5x: {one:.2f}x, {_verdict(one, 0.5)}; "
-            f"contended at least 0.7x at every concurrency: lowest {contended:.2f}x, {_verdict(contended, 0.7)}; "
-            f"p99 wait at most 2x p50 at 1000 tasks: {spread:.2f}x, {_verdict(spread, 2.0, at_most=True)}"
+            f"- {loop}: uncontended at least 0.5x: {ratio_text(one, 0.5)}, {_verdict(one, 0.5)}; "
+            "contended at least 0.7x at every concurrency: "
+            f"lowest {ratio_text(contended, 0.7)}, {_verdict(contended, 0.7)}; "
+            f"p99 wait at most 2x p50 at 1000 tasks: {ratio_text(spread, 2.0)}, {_verdict(spread, 2.0, at_most=True)}"
         )
     per_waiter = results["memory"]["per_waiter_pool_bytes"]
     lines.append(

@@ -71,6 +71,7 @@ from _common import (
     machine_info,
     markdown_table,
     percentile,
+    ratio_text,
     replace_readme_section,
 )
 
@@ -824,7 +825,7 @@ def targets(points: Sequence[Point]) -> str:
             worst = min(r for r in ratios if r is not None)
             parts.append(
                 "rollback policy at least 0.85x the floor at 10 and 100 tasks: "
-                f"lowest {worst:.2f}x, {verdict(worst >= 0.85)}"
+                f"lowest {ratio_text(worst, 0.85)}, {verdict(worst >= 0.85)}"
             )
         speedups = []
         for n in sorted({p.concurrency for p in points}):
@@ -834,7 +835,7 @@ def targets(points: Sequence[Point]) -> str:
         if speedups:
             worst, n = min(speedups)
             part = (
-                f"full reset at least 1.5x `asyncpg.create_pool`: lowest {worst:.2f}x "
+                f"full reset at least 1.5x `asyncpg.create_pool`: lowest {ratio_text(worst, 1.5)} "
                 f"({n} task{'s' if n != 1 else ''}), {verdict(worst >= 1.5)}"
             )
             bound, peer = found.get((loop, "floor-full", n)), found.get((loop, "asyncpg", n))
@@ -851,7 +852,7 @@ def targets(points: Sequence[Point]) -> str:
                 spreads.append(point.p99_ms / point.p50_ms)
         if spreads:
             worst = max(spreads)
-            parts.append(f"p99 at most 3x p50 at 1000 tasks: highest {worst:.2f}x, {verdict(worst <= 3.0)}")
+            parts.append(f"p99 at most 3x p50 at 1000 tasks: highest {ratio_text(worst, 3.0)}, {verdict(worst <= 3.0)}")
         if parts:
             lines.append(f"- {loop}: " + "; ".join(parts))
     return "\n".join(lines)
