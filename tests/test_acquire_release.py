@@ -299,6 +299,26 @@ async def test_background_reset_runs_inline_when_nothing_else_is_idle() -> None:
         assert res.resets == 1
 
 
+async def test_background_reset_runs_inline_when_the_pool_is_more_than_half_busy() -> None:
+    connector = BackgroundResetConnector(reset_delay=0.05)
+    async with AsyncPool(connector, min_size=4, max_size=4) as pool:
+        await pool.open(wait=True)
+        held = [await pool.acquire() for _ in range(3)]
+        # 3 in use, 1 idle: a task and a timer per release would cost more
+        # than the wait they save, so the reset runs in the caller.
+        await pool.release(held[0])
+        assert held[0].resets == 1
+        assert pool.stats().idle == 2
+        # 2 in use, 2 idle: off the caller's path again.
+        await pool.release(held[1])
+        assert held[1].resets == 0, "reset in the caller"
+        assert pool.stats().in_use == 2, "still being reset"
+        await pool.release(held[2])
+        await anyio.sleep(0.2)
+        assert pool.stats().idle == 4
+        check_invariants(pool)
+
+
 async def test_acquire_on_a_pool_closed_before_it_opened(connector: FakeConnector) -> None:
     pool = AsyncPool(connector)
     await pool.close()
