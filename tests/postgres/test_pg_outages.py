@@ -102,8 +102,11 @@ async def test_server_restart_under_load_recovers_without_leaking_backends(pg_ds
         assert recovered_in < 6.0, f"recovered only {recovered_in:.1f} s after the server was back"
         admin = await asyncpg.connect(pg_dsn)
         pids = await backend_pids(admin, app_name)
-        assert len(pids) <= 4
-        assert len(pids) == pool.stats().size
+        stats = pool.stats()
+        # No leaked backends: one per resource the pool holds, give or take
+        # a connect still in flight (its backend may or may not exist yet;
+        # after the outage's failures it may still be backing off).
+        assert stats.idle + stats.in_use <= len(pids) <= stats.size <= 4, (pids, stats)
         await pool.close()
         await wait_for_backends(admin, app_name, 0)
     finally:
