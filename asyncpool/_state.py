@@ -25,7 +25,7 @@ from ._config import PoolConfig
 from ._errors import PoolClosed, PoolTimeout
 
 if TYPE_CHECKING:
-    from ._backends import WaitQueue
+    from ._backends import Taker, WaitQueue
 
 __all__ = ["ASSIGNED", "CHECKING", "CLOSED", "HANDED", "IDLE", "LEASED", "RETURNING", "Entry", "PoolState"]
 
@@ -284,7 +284,7 @@ class PoolState(Generic[R]):
             # Back where it came from: the old end, so its idle age still
             # decides when it is evicted.
             entry.state = IDLE
-            entry.lend_by = min(entry.last_ok + self.validate_window, entry.expires_at)
+            entry.lend_by = self._lend_by(entry)
             self.idle.appendleft(entry)
 
     def _place(self, entry: Entry[R], now: float) -> None:
@@ -293,9 +293,15 @@ class PoolState(Generic[R]):
             return
         entry.state = IDLE
         entry.idle_since = now
-        # A suspect entry is never lent unchecked.
-        entry.lend_by = -math.inf if entry.suspect else min(entry.last_ok + self.validate_window, entry.expires_at)
+        entry.lend_by = self._lend_by(entry)
         self.idle.append(entry)
+
+    def _lend_by(self, entry: Entry[R]) -> float:
+        """Until when an idle ``entry`` may be lent unchecked (``Entry.lend_by``;
+        ``Lease.__aexit__`` computes it inline). A suspect one never may."""
+        if entry.suspect:
+            return -math.inf
+        return min(entry.last_ok + self.validate_window, entry.expires_at)
 
     def _hand_over(self, entry: Entry[R]) -> bool:
         """Give ``entry`` to the longest waiter, if one is still waiting.
@@ -425,11 +431,17 @@ class PoolState(Generic[R]):
         self.checking += 1
         return True
 
-    def handed_closed(self, entry: Entry[R]) -> BaseException:
-        """A waiter was handed ``entry``, but ``close()`` destroyed it before
-        the waiter ran: nobody will release it, and the waiter gets this."""
-        self.entries.pop(entry.key, None)
-        return self.closed_error()
+    def taken(self, entry: Entry[R], taker: Taker) -> R:
+        """A waiter runs with the ``entry`` it was handed: bind it to
+        ``taker`` and give it its resource, unless ``close()`` destroyed the
+        entry before the waiter ran (nobody will release it, then, and the
+        waiter gets ``PoolClosed``)."""
+        if entry.state == CLOSED:
+            self.entries.pop(entry.key, None)
+            raise self.closed_error()
+        taker._entry = entry
+        entry.owner = taker
+        return entry.resource
 
     # -- waiting -------------------------------------------------------------
 

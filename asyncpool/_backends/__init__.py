@@ -35,9 +35,10 @@ class WaitOwner(Protocol):
     def give_back(self, entry: Entry[Any]) -> None:
         """A waiter was handed ``entry`` but gave up before taking it."""
 
-    def handed_closed(self, entry: Entry[Any]) -> BaseException:
-        """A waiter was handed ``entry``, which ``close()`` destroyed before
-        the waiter ran; the exception it raises."""
+    def taken(self, entry: Entry[Any], taker: Taker) -> Any:
+        """A waiter runs with the ``entry`` it was handed: bind it to
+        ``taker`` and return its resource (or raise, if ``close()`` destroyed
+        it meanwhile)."""
 
 
 class Taker(Protocol):
@@ -53,8 +54,8 @@ class WaitQueue(Protocol):
     live: int
 
     async def wait(self, deadline: float, taker: Taker) -> Any:
-        """Wait until handed an entry, bind it to ``taker`` (its ``_entry``
-        and the entry's ``owner``) and return its resource.
+        """Wait until handed an entry, then return ``owner.taken(entry,
+        taker)``: the entry bound to ``taker`` and its resource.
 
         ``deadline`` is on ``Backend.now``'s clock, ``math.inf`` for no
         deadline. Raises the owner's timeout error at the deadline. If the

@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import PoolError
-from .._state import CLOSED
 from . import Taker, WaitOwner
 
 if TYPE_CHECKING:
@@ -112,11 +111,7 @@ class AsyncioWaitQueue:
         finally:
             if own_timer is not None:
                 own_timer.cancel()
-        if entry.state == CLOSED:
-            raise self._owner.handed_closed(entry)
-        taker._entry = entry
-        entry.owner = taker
-        return entry.resource
+        return self._owner.taken(entry, taker)
 
     def hand_over(self, entry: Entry[Any]) -> bool:
         queue = self._queue

@@ -22,7 +22,6 @@ import outcome
 import trio
 
 from .._errors import PoolError
-from .._state import CLOSED
 from . import Taker, WaitOwner
 
 if TYPE_CHECKING:
@@ -102,12 +101,7 @@ class TrioWaitQueue:
             if handed is None:
                 raise self._owner.timeout_error()
             entry = handed
-        if entry.state == CLOSED:
-            # close() destroyed it between the hand-over and our turn.
-            raise self._owner.handed_closed(entry)
-        taker._entry = entry
-        entry.owner = taker
-        return entry.resource
+        return self._owner.taken(entry, taker)
 
     def hand_over(self, entry: Entry[Any]) -> bool:
         queue = self._queue
