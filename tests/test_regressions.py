@@ -326,3 +326,31 @@ async def test_a_finished_background_check_does_not_retire_an_entry_a_later_heal
     check_invariants(pool)
     await asyncio.gather(waiter, return_exceptions=True)
     await pool.close()
+
+
+@ASYNCIO_ONLY
+async def test_a_background_check_cancelled_before_it_ran_retires_its_entry_and_settles_its_slot() -> None:
+    """asyncio never runs a coroutine whose task was cancelled before its
+    first step; the check's done-callback must settle the entry instead."""
+    connector = FakeConnector()
+    pool = AsyncPool(connector, max_size=1, health_check_interval=None)
+    held = await pool.acquire()
+    waiter = asyncio.ensure_future(acquire_in_task(pool, 5))
+    while pool.stats().waiting < 1:
+        await asyncio.sleep(0)
+    state = pool._state
+    entry = state.entries[id(held)]
+    entry.state = ASSIGNED  # as if given back unchecked: checked in the background
+    entry.suspect = True
+    before = {id(task) for task in asyncio.all_tasks()}
+    state.give_back(entry)
+    (check,) = [task for task in asyncio.all_tasks() if id(task) not in before]
+    check.cancel()
+    got = await asyncio.wait_for(waiter, 2)
+    assert got is not held, "lent without its check"
+    assert held.close_count == 1
+    assert connector.validations == 0
+    check_invariants(pool)
+    await pool.release(got)
+    await pool.close()
+    connector.assert_all_closed_once()
