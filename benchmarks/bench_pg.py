@@ -232,27 +232,29 @@ async def open_floor(dsn: str, reset: str | None = None) -> OpenPool:
         finally:
             queue.put_nowait(conn)
 
-    async def cycle_full_reset() -> None:
-        conn = await queue.get()
-        try:
-            await conn.fetchval(QUERY)
-            await conn.execute(FULL_RESET_QUERY)
-        finally:
-            queue.put_nowait(conn)
-
-    async def cycle_asyncpg_reset() -> None:
-        conn = await queue.get()
-        try:
-            await conn.fetchval(QUERY)
-            await conn.reset()
-        finally:
-            queue.put_nowait(conn)
-
     async def close() -> None:
         await asyncio.gather(*(conn.close() for conn in connections))
 
-    cycles = {None: cycle, "full": cycle_full_reset, "asyncpg": cycle_asyncpg_reset}
-    return OpenPool(cycles[reset], close)
+    if reset is None:
+        return OpenPool(cycle, close)
+
+    async def run_full_reset(conn: asyncpg.Connection) -> None:
+        await conn.execute(FULL_RESET_QUERY)
+
+    async def run_asyncpg_reset(conn: asyncpg.Connection) -> None:
+        await conn.reset()
+
+    reset_step = {"full": run_full_reset, "asyncpg": run_asyncpg_reset}[reset]
+
+    async def cycle_with_reset() -> None:
+        conn = await queue.get()
+        try:
+            await conn.fetchval(QUERY)
+            await reset_step(conn)
+        finally:
+            queue.put_nowait(conn)
+
+    return OpenPool(cycle_with_reset, close)
 
 
 def all_contenders() -> list[Contender]:
