@@ -140,6 +140,17 @@ async def test_acquire_nowait_on_a_pool_not_yet_open_is_busy() -> None:
         pool.acquire_nowait()
 
 
+def give_back_unchecked(pool: AsyncPool[FakeResource], resource: FakeResource) -> None:
+    """Give ``resource`` back as a borrower that gave up before validating it
+    would: the pool's own paths do so only when nobody waits, so the tests
+    that need tasks waiting reach it through the state directly."""
+    state = pool._state
+    entry = state.entries[id(resource)]
+    entry.state = ASSIGNED
+    entry.suspect = True
+    state.give_back(entry)
+
+
 @pytest.mark.parametrize("healthy", [True, False], ids=["healthy", "dead"])
 async def test_a_suspect_entry_freed_while_tasks_wait_is_validated_before_anyone_gets_it(healthy: bool) -> None:
     """Hand-overs always come lent, so an entry that must be validated first
@@ -159,14 +170,9 @@ async def test_a_suspect_entry_freed_while_tasks_wait_is_validated_before_anyone
         tg.start_soon(waiter)
         while pool.stats().waiting < 1:
             await anyio.sleep(0)
-        state = pool._state
-        entry = state.entries[id(held)]
-        # As if its borrower had given it back unchecked.
-        entry.state = ASSIGNED
-        entry.suspect = True
         held.dead = not healthy
         before = connector.validations
-        state.give_back(entry)
+        give_back_unchecked(pool, held)
         check_invariants(pool)
     assert connector.validations == before + 1
     assert len(got) == 1
@@ -310,11 +316,7 @@ async def test_a_finished_background_check_does_not_retire_an_entry_a_later_heal
     waiter = asyncio.ensure_future(acquire_in_task(pool, 5))
     while pool.stats().waiting < 1:
         await asyncio.sleep(0)
-    state = pool._state
-    entry = state.entries[id(held)]
-    entry.state = ASSIGNED  # as if given back unchecked: checked in the background
-    entry.suspect = True
-    state.give_back(entry)
+    give_back_unchecked(pool, held)  # checked in the background
     waiter.cancel()
     await asyncio.sleep(0)
     await asyncio.sleep(0)  # the background check waits on gates[0]
@@ -338,12 +340,8 @@ async def test_a_background_check_cancelled_before_it_ran_retires_its_entry_and_
     waiter = asyncio.ensure_future(acquire_in_task(pool, 5))
     while pool.stats().waiting < 1:
         await asyncio.sleep(0)
-    state = pool._state
-    entry = state.entries[id(held)]
-    entry.state = ASSIGNED  # as if given back unchecked: checked in the background
-    entry.suspect = True
     before = {id(task) for task in asyncio.all_tasks()}
-    state.give_back(entry)
+    give_back_unchecked(pool, held)  # checked in the background
     (check,) = [task for task in asyncio.all_tasks() if id(task) not in before]
     check.cancel()
     got = await asyncio.wait_for(waiter, 2)
