@@ -702,6 +702,10 @@ class Pool:
     def get_min_size(self) -> int:
         return self._core.config.min_size
 
+    def get_init_size(self) -> int:
+        """How many connections opening the pool makes: ``min_size``."""
+        return self._core.config.min_size
+
     def get_max_size(self) -> int:
         return self._core.config.max_size
 
@@ -787,6 +791,37 @@ class Pool:
         async with self.acquire() as conn:
             rows: list[Any] = await conn.fetchmany(query, args, timeout=timeout, record_class=record_class)
             return rows
+
+    # -- COPY shortcuts ------------------------------------------------------------
+    # The options after the required ones (``format``, ``delimiter``,
+    # ``where``, ...) are passed on as they are: asyncpg's connection method
+    # checks them, so they stay in step with the installed asyncpg.
+
+    async def copy_from_table(
+        self, table_name: str, *, output: Any, timeout: float | None = None, **options: Any
+    ) -> str:
+        async with self.acquire() as conn:
+            status: str = await conn.copy_from_table(table_name, output=output, timeout=timeout, **options)
+            return status
+
+    async def copy_from_query(
+        self, query: str, *args: Any, output: Any, timeout: float | None = None, **options: Any
+    ) -> str:
+        async with self.acquire() as conn:
+            status: str = await conn.copy_from_query(query, *args, output=output, timeout=timeout, **options)
+            return status
+
+    async def copy_to_table(self, table_name: str, *, source: Any, timeout: float | None = None, **options: Any) -> str:
+        async with self.acquire() as conn:
+            status: str = await conn.copy_to_table(table_name, source=source, timeout=timeout, **options)
+            return status
+
+    async def copy_records_to_table(
+        self, table_name: str, *, records: Any, timeout: float | None = None, **options: Any
+    ) -> str:
+        async with self.acquire() as conn:
+            status: str = await conn.copy_records_to_table(table_name, records=records, timeout=timeout, **options)
+            return status
 
 
 @final

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import time
 from collections.abc import Callable
@@ -83,6 +84,30 @@ async def test_query_shortcuts(make_pool: PoolFactory) -> None:
             assert [r["double"] for r in many] == [2, 4]
             with pytest.raises(asyncpg.UniqueViolationError):
                 await pool.execute(f"INSERT INTO {table} VALUES (1, 'again')")
+        finally:
+            await pool.execute(f"DROP TABLE {table}")
+
+
+@pytest.mark.asyncio
+async def test_copy_shortcuts(make_pool: PoolFactory) -> None:
+    table = f"asyncpool_copy_{random.randrange(1 << 30)}"
+    async with make_pool(min_size=1, max_size=2) as pool:
+        assert pool.get_init_size() == 1
+        await pool.execute(f"CREATE TABLE {table} (id int, name text)")
+        try:
+            status = await pool.copy_records_to_table(table, records=[(1, "one"), (2, "two")], columns=["id", "name"])
+            assert status == "COPY 2"
+            assert await pool.copy_to_table(table, source=io.BytesIO(b"3,three\n"), format="csv") == "COPY 1"
+            out = io.BytesIO()
+            assert await pool.copy_from_table(table, output=out, format="csv", columns=["name"]) == "COPY 3"
+            assert sorted(out.getvalue().decode().split()) == ["one", "three", "two"]
+            out = io.BytesIO()
+            status = await pool.copy_from_query(f"SELECT id FROM {table} WHERE id > $1", 1, output=out)
+            assert status == "COPY 2"
+            assert sorted(out.getvalue().split()) == [b"2", b"3"]
+            with pytest.raises(TypeError, match="no_such_option"):
+                await pool.copy_from_table(table, output=io.BytesIO(), no_such_option=1)
+            await wait_until(lambda: pool.get_idle_size() == pool.get_size(), what="every lease back")
         finally:
             await pool.execute(f"DROP TABLE {table}")
 
