@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any
 
@@ -18,6 +19,16 @@ _BACKENDS: list[Any] = [
     ),
     pytest.param(("trio", {}), id="trio"),
 ]
+if sys.version_info >= (3, 12):
+
+    def _eager_loop() -> asyncio.AbstractEventLoop:
+        # Tasks run their first step inside ``create_task``: the pool must
+        # not depend on a new task waiting for the next loop turn.
+        loop = asyncio.new_event_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)
+        return loop
+
+    _BACKENDS.insert(1, pytest.param(("asyncio", {"loop_factory": _eager_loop}), id="eager"))
 
 
 @pytest.fixture(params=_BACKENDS)

@@ -22,6 +22,27 @@ async def test_open_wait_fills_to_min_size(connector: FakeConnector) -> None:
         assert (stats.size, stats.idle, stats.created) == (4, 4, 4)
 
 
+async def test_background_work_starts_after_the_call_that_asked_for_it() -> None:
+    # A connect that completes without suspending, on every backend (and
+    # under an eager task factory, which would run it inside ``open()``'s
+    # own synchronous ``grow``): the pool's decisions are never re-entered.
+    attempts = 0
+
+    async def make() -> object:
+        nonlocal attempts
+        attempts += 1
+        return object()
+
+    pool = AsyncPool(make, min_size=2, max_size=2)
+    await pool.open()
+    assert attempts == 0
+    assert pool.stats().size == 2  # reserved, connecting
+    await pool.open(wait=True)
+    assert attempts == 2
+    assert pool.stats().idle == 2
+    await pool.close()
+
+
 async def test_open_wait_times_out_with_the_connect_error(connector: FakeConnector) -> None:
     connector.connect_fail = 1.0
     pool = AsyncPool(connector, min_size=2, reconnect_delay=0.01, reconnect_max_delay=0.02)

@@ -243,7 +243,12 @@ class AsyncioBackend:
     def spawn(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, on_done: Callable[[], None] | None = None
     ) -> _TaskHandle:
-        task: asyncio.Task[Any] = self.loop.create_task(fn(*args))  # type: ignore[arg-type]
+        # A Task made directly, not through ``loop.create_task``: an eager
+        # task factory (Python 3.12+) would run the job's first step inside
+        # the synchronous ``PoolState`` change that asked for it, and a
+        # connector that completes without suspending would then re-enter
+        # the state half-way through that change.
+        task: asyncio.Task[Any] = asyncio.Task(fn(*args), loop=self.loop)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if on_done is not None:
