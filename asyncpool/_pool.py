@@ -565,6 +565,11 @@ class AsyncPool(Generic[R]):
         if not self._opened:
             st.closed = True
             return
+        if st.closed and (self._drained is None or self._drained.is_set()):
+            return  # closed already: nothing left to do, from any loop
+        # Before changing anything: from another loop, the closes and
+        # cancellations below would be scheduled on a loop that may be gone.
+        self._backend.check_loop()
         if not st.closed:
             self._drained = self._backend.event()
             st.begin_close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -208,26 +209,41 @@ async def test_counters_restart_at_open(connector: FakeConnector) -> None:
     await pool.close()
 
 
-@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
-async def test_using_a_pool_from_another_event_loop_raises(connector: FakeConnector) -> None:
-    pool = AsyncPool(connector, max_size=1)
-    held = await pool.acquire()
+async def _in_another_loop(fn: Callable[[], Awaitable[object]]) -> BaseException | None:
+    """Run ``fn()`` under ``asyncio.run`` in another thread; what it raised."""
     outcome: list[BaseException] = []
 
-    def other_thread() -> None:
-        async def use() -> None:
-            await pool.acquire(timeout=1)
+    async def main() -> None:
+        await fn()
 
+    def other_thread() -> None:
         try:
-            asyncio.run(use())
+            asyncio.run(main())
         except BaseException as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=other_thread)
     thread.start()
     await anyio.to_thread.run_sync(thread.join)
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], PoolError)
-    assert "another event loop" in str(outcome[0])
+    return outcome[0] if outcome else None
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+async def test_using_a_pool_from_another_event_loop_raises(connector: FakeConnector) -> None:
+    pool = AsyncPool(connector, min_size=1, max_size=1)
+    held = await pool.acquire()
+    error = await _in_another_loop(lambda: pool.acquire(timeout=1))  # would wait
+    assert isinstance(error, PoolError)
+    assert "another event loop" in str(error)
     await pool.release(held)
+    # close() from there too, and it changes nothing: the pool stays open.
+    error = await _in_another_loop(pool.close)
+    assert isinstance(error, PoolError)
+    assert "another event loop" in str(error)
+    assert not pool.closed
+    async with pool.acquire() as again:
+        assert again is held
     await pool.close()
+    connector.assert_all_closed_once()
+    # Once closed, close() is a no-op from anywhere.
+    assert await _in_another_loop(pool.close) is None

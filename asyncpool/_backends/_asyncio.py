@@ -229,7 +229,11 @@ class AsyncioBackend:
     now = staticmethod(time.monotonic)
 
     def check_loop(self) -> None:
-        if asyncio.get_running_loop() is not self.loop:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # no asyncio loop: trio, or no async context at all
+            running = None
+        if running is not self.loop:
             raise PoolError("this pool belongs to another event loop; create one pool per loop")
 
     def wait_queue(self, owner: WaitOwner) -> AsyncioWaitQueue:

@@ -211,7 +211,11 @@ class TrioBackend:
     now = staticmethod(trio.current_time)
 
     def check_loop(self) -> None:
-        if trio.lowlevel.current_trio_token() is not self._token:
+        try:
+            running = trio.lowlevel.current_trio_token()
+        except RuntimeError:  # not inside trio at all
+            running = None
+        if running is not self._token:
             raise PoolError("this pool belongs to another trio run; create one pool per run")
 
     def wait_queue(self, owner: WaitOwner) -> TrioWaitQueue:
