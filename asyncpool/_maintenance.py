@@ -131,12 +131,13 @@ async def check_entry(pool: AsyncPool[Any], entry: Entry[Any]) -> None:
         ok = bool(
             await backend.call_with_timeout(pool._config.cleanup_timeout, pool._connector.validate, entry.resource)
         )
-    except backend.cancelled:
-        state.discard(entry)
-        raise
     except Exception as exc:
         logger.info("pool%s: health check failed: %s", pool._label, _describe(exc))
         ok = False
+    except BaseException:
+        # Cancelled (maybe wrapped in an exception group) or worse.
+        state.discard(entry)
+        raise
     state.checked(entry, ok)
 
 

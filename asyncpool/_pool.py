@@ -327,6 +327,11 @@ class AsyncPool(Generic[R]):
                 entry.state = RETURNING
             self._state.checkin(entry)
             raise
+        if entry.state == CLOSED:
+            # close(timeout) destroyed it during the checkpoint: as for a
+            # waiter (``PoolState.taken``), never return a destroyed resource.
+            self._state.entries.pop(entry.key, None)
+            raise self._state.closed_error()
         return entry.resource
 
     def _deadline(self, timeout: float | None, entry: Entry[R] | None) -> float:
@@ -414,14 +419,16 @@ class AsyncPool(Generic[R]):
             logger.info("pool%s: validation timed out after %s s", self._label, cleanup_timeout)
             st.health_failures += 1
             return False
-        except backend.cancelled:
-            # Interrupted mid-check: its state is unknown, so it is retired
-            # (and replaced if anyone needs one) rather than lent or kept.
-            st.discard(entry)
-            raise
         except Exception as exc:
             logger.info("pool%s: validation failed: %s: %s", self._label, type(exc).__name__, exc)
             ok = False
+        except BaseException:
+            # Interrupted mid-check (cancelled, also as an exception group
+            # from a nursery in the connector, or any other BaseException):
+            # its state is unknown, so it is retired (and replaced if anyone
+            # needs one) rather than lent, kept, or leaked as ASSIGNED.
+            st.discard(entry)
+            raise
         st.validated(entry, ok)
         return ok
 

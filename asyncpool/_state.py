@@ -256,17 +256,24 @@ class PoolState(Generic[R]):
 
     def give_back(self, entry: Entry[R]) -> None:
         """A waiter was handed ``entry`` and gave up before taking it."""
+        unused = entry.state == ASSIGNED  # taken from idle, never lent
         if entry.state == LEASED:
             # Handed over as lent (see ``_hand_over``), but never taken.
             self.acquired -= 1
             entry.state = ASSIGNED
         if self.closed:
             self.discard(entry)
-        else:
-            self._place(entry, self.now())
+            return
+        idle_since = entry.idle_since
+        self._place(entry, self.now())
+        if unused and entry.state == IDLE:
+            # Nobody used it: its idle age still decides max_idle eviction.
+            entry.idle_since = idle_since
 
     def checked(self, entry: Entry[R], ok: bool) -> None:
         """Outcome of a health check on a CHECKING entry."""
+        if entry.state == CLOSED:
+            return  # force_close() retired it while it was being checked
         if not ok:
             self.health_failures += 1
             self.discard(entry)
@@ -479,7 +486,9 @@ class PoolState(Generic[R]):
     def force_close(self) -> None:
         """Destroy every lent entry under its borrower (close timeout passed)."""
         for entry in list(self.entries.values()):
-            if entry.state in (LEASED, RETURNING):
+            # ASSIGNED here means being validated for an acquirer, CHECKING
+            # by a background check: neither may hold close() past its timeout.
+            if entry.state in (ASSIGNED, LEASED, RETURNING, CHECKING):
                 self.discard(entry)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolError, PoolTimeout
 from asyncpool._maintenance import run_health_check
-from asyncpool._state import ASSIGNED, LEASED
+from asyncpool._state import ASSIGNED, CLOSED, LEASED
 
 from .fakes import FakeConnector, FakeError, FakeResource, acquire_in_task, check_invariants
 
@@ -352,3 +352,129 @@ async def test_a_background_check_cancelled_before_it_ran_retires_its_entry_and_
     await pool.release(got)
     await pool.close()
     connector.assert_all_closed_once()
+
+
+# -- second review: interrupted validations, close() bounds, idle clock ---------
+
+
+class _Interrupt(BaseException):
+    """A BaseException that is not the backend's cancellation."""
+
+
+class _InterruptingValidate(FakeConnector):
+    interrupt = False
+
+    async def validate(self, resource: FakeResource) -> bool:
+        if self.interrupt:
+            raise _Interrupt()
+        return await super().validate(resource)
+
+
+async def test_a_validation_interrupted_by_any_base_exception_retires_its_entry() -> None:
+    connector = _InterruptingValidate()
+    pool = AsyncPool(connector, max_size=1, validate_after=0, health_check_interval=None, cleanup_timeout=0.2)
+    async with pool.acquire():
+        pass
+    connector.interrupt = True
+    with pytest.raises(_Interrupt):
+        await pool.acquire(timeout=1)
+    connector.interrupt = False
+    check_invariants(pool)
+    assert pool.stats().in_use == 0, pool.stats()
+    with anyio.fail_after(2):
+        async with pool.acquire(timeout=1):  # a replacement
+            pass
+        await pool.close(timeout=0.1)
+    connector.assert_all_closed_once()
+
+
+class _NurseryValidate(FakeConnector):
+    """Validates inside a nursery: a cancellation arrives wrapped in an
+    exception group (trio's strict groups), not as a bare ``Cancelled``."""
+
+    async def validate(self, resource: FakeResource) -> bool:
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 0.3)
+        return not resource.closed
+
+
+@TRIO_ONLY
+async def test_trio_acquire_cancelled_during_a_nursery_validation_leaks_no_slot() -> None:
+    pool = AsyncPool(_NurseryValidate(), max_size=1, validate_after=0, health_check_interval=None)
+    async with pool.acquire():
+        pass
+    with anyio.move_on_after(0.05):
+        await pool.acquire(timeout=5)
+    check_invariants(pool)
+    assert pool.stats().in_use == 0, pool.stats()
+    with anyio.fail_after(2):
+        await pool.close(timeout=0.1)
+
+
+@TRIO_ONLY
+async def test_trio_close_during_a_nursery_health_check_does_not_hang() -> None:
+    pool = AsyncPool(_NurseryValidate(), max_size=1, min_size=1, validate_after=0, health_check_interval=0.05)
+    await pool.open(wait=True)
+    await anyio.sleep(0.1)  # the health check is validating the idle resource now
+    with anyio.fail_after(2):
+        await pool.close()
+
+
+@TRIO_ONLY
+async def test_trio_uncontended_acquire_never_returns_a_resource_close_destroyed_at_its_checkpoint() -> None:
+    destroyed = 0
+    for _ in range(40):  # trio runs each batch of tasks in a random order
+        pool = AsyncPool(FakeConnector(), max_size=1, health_check_interval=None)
+        async with pool.acquire():
+            pass
+        got: list[tuple[FakeResource, int]] = []
+
+        async def user(pool: AsyncPool[FakeResource] = pool, got: list[tuple[FakeResource, int]] = got) -> None:
+            try:
+                resource = await pool.acquire()
+            except PoolClosed:
+                return
+            got.append((resource, pool._state.entries[id(resource)].state))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(user)
+            tg.start_soon(pool.close, 0)
+        destroyed += sum(state == CLOSED for _, state in got)
+        for resource, _ in got:
+            await pool.release(resource)
+    assert destroyed == 0, f"{destroyed}/40 acquires returned a resource close() had destroyed"
+
+
+async def test_close_timeout_is_not_held_up_by_a_validation_in_flight(connector: FakeConnector) -> None:
+    pool = AsyncPool(connector, max_size=1, validate_after=0, health_check_interval=None, cleanup_timeout=3)
+    async with pool.acquire():
+        pass
+    connector.validate_hang = 1.0
+
+    async def acquirer() -> None:
+        with pytest.raises(PoolClosed):
+            await pool.acquire(timeout=10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(acquirer)
+        await anyio.sleep(0.05)  # the acquirer validates now
+        started = anyio.current_time()
+        await pool.close(timeout=0.1)
+        took = anyio.current_time() - started
+    assert took < 1.0, f"close(timeout=0.1) took {took:.2f} s"
+    check_invariants(pool)
+    assert pool.stats().size == 0
+
+
+async def test_giving_back_an_unused_resource_keeps_its_idle_age(connector: FakeConnector) -> None:
+    pool = AsyncPool(connector, max_size=1, max_idle=0.1, validate_after=0.05, health_check_interval=None)
+    async with pool.acquire():
+        pass
+    await anyio.sleep(0.15)  # idle past max_idle, and due for validation
+    with pytest.raises(PoolBusy):
+        pool.acquire_nowait()  # finds it due for validation and gives it back
+    pool._state.evict_idle()
+    assert pool.stats().idle == 0, "acquire_nowait() restarted the idle clock"
+    await pool.close()

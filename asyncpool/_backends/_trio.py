@@ -250,7 +250,7 @@ class TrioBackend:
         if seconds is None:
             return await fn(*args)
         try:
-            with trio.fail_after(seconds):
+            with trio.fail_after(max(seconds, 0.0)):  # as asyncio: negative = already due
                 return await fn(*args)
         except trio.TooSlowError:
             raise TimeoutError(f"timed out after {seconds} s") from None
