@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["PoolConfig"]
+__all__ = ["PoolConfig", "check_seconds"]
 
 
-def _check_seconds(name: str, value: float | None, *, allow_none: bool = True, allow_zero: bool = False) -> None:
+def check_seconds(name: str, value: float | None, *, allow_none: bool = True, allow_zero: bool = False) -> None:
     if value is None:
         if allow_none:
             return
@@ -61,15 +61,15 @@ class PoolConfig:
             raise ValueError(f"min_size must be <= max_size, got min_size={self.min_size!r} max_size={self.max_size!r}")
         if self.max_waiting is not None:
             _check_int("max_waiting", self.max_waiting, 0)
-        _check_seconds("timeout", self.timeout, allow_zero=True)
-        _check_seconds("max_lifetime", self.max_lifetime)
-        _check_seconds("max_idle", self.max_idle)
-        _check_seconds("health_check_interval", self.health_check_interval)
-        _check_seconds("validate_after", self.validate_after, allow_zero=True)
-        _check_seconds("connect_timeout", self.connect_timeout)
-        _check_seconds("cleanup_timeout", self.cleanup_timeout, allow_none=False)
-        _check_seconds("reconnect_delay", self.reconnect_delay, allow_none=False)
-        _check_seconds("reconnect_max_delay", self.reconnect_max_delay, allow_none=False)
+        check_seconds("timeout", self.timeout, allow_zero=True)
+        check_seconds("max_lifetime", self.max_lifetime)
+        check_seconds("max_idle", self.max_idle)
+        check_seconds("health_check_interval", self.health_check_interval)
+        check_seconds("validate_after", self.validate_after, allow_zero=True)
+        check_seconds("connect_timeout", self.connect_timeout)
+        check_seconds("cleanup_timeout", self.cleanup_timeout, allow_none=False)
+        check_seconds("reconnect_delay", self.reconnect_delay, allow_none=False)
+        check_seconds("reconnect_max_delay", self.reconnect_max_delay, allow_none=False)
         if self.reconnect_max_delay < self.reconnect_delay:
             raise ValueError(f"reconnect_max_delay must be >= reconnect_delay, got {self.reconnect_max_delay!r}")
         if self.name is not None and not isinstance(self.name, str):

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, final
 
 from ._backends import Backend, TaskHandle, current_backend
-from ._config import PoolConfig
+from ._config import PoolConfig, check_seconds
 from ._connector import Connector, as_connector
 from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
 from ._lease import Lease
@@ -186,6 +186,7 @@ class AsyncPool(Generic[R]):
         after ``timeout`` (default: the pool's ``timeout``) raise
         ``PoolTimeout`` with the last connect error as its cause.
         """
+        check_seconds("timeout", timeout, allow_zero=True)
         self._open_now()
         if not wait:
             return
@@ -312,6 +313,8 @@ class AsyncPool(Generic[R]):
                 if entry.state == LEASED:
                     return entry.resource
                 st.give_back(entry)
+            elif self._opened:
+                st.turned_away()
         raise PoolBusy(f"no idle resource in pool{self._label}")
 
     async def _checkpoint_lent(self, entry: Entry[R]) -> R:
@@ -379,6 +382,7 @@ class AsyncPool(Generic[R]):
                     max_waiting = self._config.max_waiting
                     if max_waiting is not None and st.waiters.live >= max_waiting:
                         st.rejected += 1
+                        st.turned_away()
                         raise PoolBusy(
                             f"pool{self._label} has {st.waiters.live} tasks waiting (max_waiting={max_waiting})"
                         )
@@ -568,6 +572,7 @@ class AsyncPool(Generic[R]):
         them). Cancelling ``close()`` stops only the waiting: resources are
         still closed, each exactly once, as they come back.
         """
+        check_seconds("timeout", timeout, allow_zero=True)
         st = self._state
         if not self._opened:
             st.closed = True

@@ -340,9 +340,20 @@ class PoolState(Generic[R]):
         need = max(self.waiters.live - self.connecting, cfg.min_size - self.size)
         room = cfg.max_size - self.size
         for _ in range(min(need, room)):
-            self.size += 1
-            self.connecting += 1
-            self.start_connect()
+            self._start_one()
+
+    def _start_one(self) -> None:
+        self.size += 1
+        self.connecting += 1
+        self.start_connect()
+
+    def turned_away(self) -> None:
+        """An acquire found nothing idle and could not wait (``max_waiting``
+        reached, no time left, ``acquire_nowait``): start one connect, unless
+        one beyond those for the waiters is under way. Otherwise a pool that
+        nobody may wait on (``max_waiting=0``, ``timeout=0``) never grows."""
+        if not self.closed and not self.idle and self.size < self.cfg.max_size and self.connecting <= self.waiters.live:
+            self._start_one()
 
     def waiter_enqueued(self) -> None:
         if self.size < self.cfg.max_size and self.waiters.live > self.connecting:

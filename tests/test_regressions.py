@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 import anyio
@@ -478,3 +479,44 @@ async def test_giving_back_an_unused_resource_keeps_its_idle_age(connector: Fake
     pool._state.evict_idle()
     assert pool.stats().idle == 0, "acquire_nowait() restarted the idle clock"
     await pool.close()
+
+
+@pytest.mark.parametrize(
+    "option", [{"max_waiting": 0}, {"timeout": 0}, {}], ids=["max_waiting=0", "timeout=0", "acquire_nowait"]
+)
+async def test_a_pool_nobody_may_wait_on_still_grows(connector: FakeConnector, option: dict[str, float]) -> None:
+    pool = AsyncPool(connector, max_size=2, health_check_interval=None, **option)  # type: ignore[arg-type]
+    await pool.open()
+    turned_away = 0
+    with anyio.fail_after(5):
+        while True:
+            try:
+                if option:
+                    resource = await pool.acquire()
+                else:
+                    resource = pool.acquire_nowait()
+                break
+            except (PoolBusy, PoolTimeout):
+                turned_away += 1
+                check_invariants(pool)
+                assert pool.stats().size <= 1  # one connect at a time, not one per refusal
+                await anyio.sleep(0.001)
+    assert turned_away >= 1
+    await pool.release(resource)
+    await pool.close()
+    connector.assert_all_closed_once()
+
+
+@pytest.mark.parametrize("timeout", [-1, math.nan])
+async def test_open_and_close_reject_a_bad_timeout_and_change_nothing(connector: FakeConnector, timeout: float) -> None:
+    pool = AsyncPool(connector, min_size=1, max_size=1)
+    with pytest.raises(ValueError, match="timeout"):
+        await pool.open(wait=True, timeout=timeout)
+    await pool.open(wait=True)
+    held = await pool.acquire()
+    with pytest.raises(ValueError, match="timeout"):
+        await pool.close(timeout=timeout)
+    assert not pool.closed
+    await pool.release(held)
+    await pool.close(timeout=0)
+    connector.assert_all_closed_once()

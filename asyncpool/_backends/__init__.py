@@ -26,6 +26,10 @@ class WaitOwner(Protocol):
     def waiter_enqueued(self) -> None:
         """A waiter was added: maybe start a connect for it."""
 
+    def turned_away(self) -> None:
+        """A wait was refused before it queued (no time left): maybe start a
+        connect anyway, for the next acquire."""
+
     def timeout_error(self) -> BaseException:
         """Count a timed-out waiter and build the exception it will raise."""
 

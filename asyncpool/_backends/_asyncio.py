@@ -82,6 +82,7 @@ class AsyncioWaitQueue:
         else:
             now = time.monotonic()
             if deadline <= now:
+                self._owner.turned_away()
                 raise self._owner.timeout_error()
             if deadline >= self._tail_deadline:
                 self._tail_deadline = deadline

@@ -75,6 +75,7 @@ class TrioWaitQueue:
         if self._stopped:
             raise self._owner.closed_error()
         if deadline <= trio.current_time():
+            self._owner.turned_away()
             raise self._owner.timeout_error()
         waiter = _Waiter(trio.lowlevel.current_task(), deadline)
         in_order = deadline >= self._tail_deadline
