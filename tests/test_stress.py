@@ -118,3 +118,90 @@ async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int)
     assert pool.stats().size == 0
     assert len(connector.created) > 8, "resources were churned"
     connector.assert_all_closed_once()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("background_reset", [True, False], ids=["background-reset", "inline-reset"])
+async def test_close_with_a_timeout_in_mid_stream_leaves_nothing_behind(seed: int, background_reset: bool) -> None:
+    # close(timeout) lands while 60 clients acquire in every way there is
+    # (async with, await + release, acquire_nowait, release(discard=True)
+    # inside the block) and resets, validations and connects fail or hang.
+    rng = random.Random(seed)
+    connector = FakeConnector(seed=seed, connect_delay=0.002, reset_delay=0.0005, validate_delay=0.0005)
+    connector.connect_fail = 0.1
+    connector.reset_fail = 0.05
+    connector.reset_hang = 0.02
+    connector.validate_fail = 0.05
+    connector.validate_hang = 0.02
+    connector.dead_on_arrival = 0.05
+    pool = AsyncPool(
+        connector,
+        min_size=2,
+        max_size=6,
+        timeout=0.2,
+        validate_after=0.005,
+        health_check_interval=0.01,
+        max_lifetime=0.2,
+        max_idle=0.05,
+        connect_timeout=0.05,
+        cleanup_timeout=0.05,
+        reconnect_delay=0.001,
+        reconnect_max_delay=0.01,
+        background_reset=background_reset,
+    )
+    await pool.open()
+    stop = anyio.Event()
+    errors: list[BaseException] = []
+
+    async def monitor() -> None:
+        while not stop.is_set():
+            try:
+                check_invariants(pool)
+            except AssertionError as exc:
+                errors.append(exc)
+                return
+            await anyio.sleep(0.0005)
+
+    async def client() -> None:
+        for _ in range(40):
+            action = rng.random()
+            with anyio.CancelScope(deadline=anyio.current_time() + (rng.uniform(0, 0.01) if action < 0.3 else 0.5)):
+                try:
+                    if action < 0.5:
+                        async with pool.acquire(timeout=rng.choice([0, 0.01, 0.05, None])) as resource:
+                            if rng.random() < 0.1:
+                                raise FakeError("raised in the block")
+                            if rng.random() < 0.1:
+                                await pool.release(resource, discard=rng.random() < 0.5)
+                            await anyio.sleep(rng.uniform(0, 0.003))
+                    elif action < 0.65:
+                        try:
+                            resource = pool.acquire_nowait()
+                        except PoolBusy:
+                            await anyio.sleep(0.001)
+                            continue
+                        await anyio.sleep(rng.uniform(0, 0.002))
+                        await pool.release(resource, discard=rng.random() < 0.2)
+                    else:
+                        resource = await pool.acquire(timeout=rng.choice([0.01, 0.05]))
+                        try:
+                            await anyio.sleep(rng.uniform(0, 0.003))
+                        finally:
+                            await pool.release(resource)
+                except (PoolTimeout, PoolBusy, PoolClosed, FakeError):
+                    pass
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(monitor)
+        async with anyio.create_task_group() as clients:
+            for _ in range(60):
+                clients.start_soon(client)
+            await anyio.sleep(0.15)
+            with anyio.fail_after(3):
+                await pool.close(timeout=rng.choice([0, 0.01, 0.03]))
+        stop.set()
+    await anyio.sleep(0.2)  # closes started by the last releases finish
+    assert not errors, errors
+    check_invariants(pool)
+    assert pool.stats().size == 0, pool.stats()
+    connector.assert_all_closed_once()
