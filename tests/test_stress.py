@@ -8,6 +8,7 @@ created must have been closed exactly once.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import anyio
 import pytest
@@ -18,32 +19,43 @@ from .fakes import FakeConnector, FakeError, check_invariants
 
 pytestmark = pytest.mark.anyio
 
+#: Short bounds on everything, so that hangs and failures come and go fast.
+_QUICK: dict[str, Any] = {
+    "timeout": 0.2,
+    "validate_after": 0.005,
+    "connect_timeout": 0.05,
+    "cleanup_timeout": 0.05,
+    "reconnect_delay": 0.001,
+    "reconnect_max_delay": 0.01,
+}
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int) -> None:
-    rng = random.Random(seed)
+
+def _unreliable_connector(seed: int, *, connect_fail: float, connect_hang: float) -> FakeConnector:
+    """Fails, hangs and hands out dead resources now and then."""
     connector = FakeConnector(seed=seed, connect_delay=0.002, reset_delay=0.0005, validate_delay=0.0005)
-    connector.connect_fail = 0.15
-    connector.connect_hang = 0.03
+    connector.connect_fail = connect_fail
+    connector.connect_hang = connect_hang
     connector.reset_fail = 0.05
     connector.reset_hang = 0.02
     connector.validate_fail = 0.05
     connector.validate_hang = 0.02
     connector.dead_on_arrival = 0.05
+    return connector
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int) -> None:
+    rng = random.Random(seed)
+    connector = _unreliable_connector(seed, connect_fail=0.15, connect_hang=0.03)
     pool = AsyncPool(
         connector,
         min_size=2,
         max_size=8,
         max_waiting=150,
-        timeout=0.2,
-        validate_after=0.005,
         health_check_interval=0.02,
         max_lifetime=0.3,
         max_idle=0.1,
-        connect_timeout=0.05,
-        cleanup_timeout=0.05,
-        reconnect_delay=0.001,
-        reconnect_max_delay=0.01,
+        **_QUICK,
     )
     await pool.open()
     outcomes = {"ok": 0, "timeout": 0, "busy": 0, "cancelled": 0, "error": 0}
@@ -127,27 +139,16 @@ async def test_close_with_a_timeout_in_mid_stream_leaves_nothing_behind(seed: in
     # (async with, await + release, acquire_nowait, release(discard=True)
     # inside the block) and resets, validations and connects fail or hang.
     rng = random.Random(seed)
-    connector = FakeConnector(seed=seed, connect_delay=0.002, reset_delay=0.0005, validate_delay=0.0005)
-    connector.connect_fail = 0.1
-    connector.reset_fail = 0.05
-    connector.reset_hang = 0.02
-    connector.validate_fail = 0.05
-    connector.validate_hang = 0.02
-    connector.dead_on_arrival = 0.05
+    connector = _unreliable_connector(seed, connect_fail=0.1, connect_hang=0.0)
     pool = AsyncPool(
         connector,
         min_size=2,
         max_size=6,
-        timeout=0.2,
-        validate_after=0.005,
         health_check_interval=0.01,
         max_lifetime=0.2,
         max_idle=0.05,
-        connect_timeout=0.05,
-        cleanup_timeout=0.05,
-        reconnect_delay=0.001,
-        reconnect_max_delay=0.01,
         background_reset=background_reset,
+        **_QUICK,
     )
     await pool.open()
     stop = anyio.Event()
