@@ -23,6 +23,9 @@ What "clean" means is the reset policy, chosen per connector:
     ``DISCARD ALL`` cannot run in the implicit transaction of a
     multi-statement query anyway). It costs a round trip, so the pool runs
     it in the background: the releasing task does not wait for it.
+    What an ``init`` hook set up (``SET ROLE``, ``SET SESSION
+    AUTHORIZATION``, ``SET``) is put back in the same round trip: the
+    connection returns to its state right after connect and ``init``.
 ``"rollback"``
     Only roll back an open transaction. asyncpg knows the transaction state
     locally, so releasing an idle connection costs no round trip at all;
@@ -91,6 +94,16 @@ FULL_RESET_QUERY = (
 )
 _ROLLBACK = "ROLLBACK"
 _PING = "SELECT 1"
+
+#: What an ``init`` hook may have changed in the session, read once right
+#: after it ran. ``source = 'session'`` is exactly what ``SET`` (or
+#: ``set_config(..., false)``) changed; settings from the startup packet
+#: (``server_settings``) have source ``client`` and survive ``RESET ALL``.
+_BASELINE_QUERY = (
+    "SELECT session_user::text, current_setting('role'),"
+    " array(SELECT name FROM pg_settings WHERE source = 'session' ORDER BY name),"
+    " array(SELECT setting FROM pg_settings WHERE source = 'session' ORDER BY name)"
+)
 
 #: Connect errors that retrying will not cure: ``create_pool`` raises them at
 #: once instead of retrying until its timeout, as ``asyncpg.create_pool`` does.
@@ -218,9 +231,11 @@ class AsyncpgConnector(Connector["Connection"]):
     * ``reset``: ``"full"`` (default) or ``"rollback"``, see the module
       docstring; or an ``async (conn)`` function that runs after the
       rollback instead of the full reset query (asyncpg's ``reset=``).
-    * ``init``: ``async (conn)``, once per new connection (type codecs).
-      Note that the full reset undoes ``SET`` commands run there; use
-      ``server_settings`` for session settings.
+    * ``init``: ``async (conn)``, once per new connection (type codecs,
+      ``SET ROLE``). The full reset keeps the role, session authorization
+      and settings it leaves (one extra query per new connection to read
+      them); temporary tables, ``LISTEN`` and custom dotted variables made
+      there do not survive it (use ``setup``, or ``server_settings``).
     * ``setup``: ``async (conn)``, run on every lease by the :class:`Pool`
       that :func:`create_pool` returns. The :class:`~asyncpool.Connector`
       protocol has no per-lease hook, so a bare :class:`~asyncpool.AsyncPool`
@@ -296,8 +311,9 @@ class AsyncpgConnector(Connector["Connection"]):
         self._reset_timeout = float(reset_timeout)
         self._max_queries = max_queries
         # Connections this connector opened and has not closed yet, with the
-        # generation they were opened in (see ``expire_connections``).
-        self._live: dict[int, tuple[Connection, int]] = {}
+        # generation they were opened in (see ``expire_connections``) and
+        # the query that gives them a clean session (the full policy).
+        self._live: dict[int, tuple[Connection, int, str]] = {}
         self._generation = 0
 
     def __repr__(self) -> str:
@@ -353,17 +369,43 @@ class AsyncpgConnector(Connector["Connection"]):
             if clean is exc:
                 raise
             raise clean from None
+        reset_query = FULL_RESET_QUERY
         if self._init is not None:
             try:
+                # Who we logged in as, from the server's startup report:
+                # ``init`` may change the session user, and that is the only
+                # record of the original left afterwards.
+                login: str | None = getattr(conn.get_settings(), "session_authorization", None)
                 await self._init(conn)
+                if self._policy == "full":
+                    reset_query = await self._baseline_reset_query(conn, login)
             except BaseException as exc:
                 conn.terminate()
                 clean = self._secrets.scrub(exc)
                 if clean is exc:
                     raise
                 raise clean from None
-        self._live[id(conn)] = (conn, generation)
+        self._live[id(conn)] = (conn, generation, reset_query)
         return conn
+
+    async def _baseline_reset_query(self, conn: Connection, login: str | None) -> str:
+        """The full reset query for ``conn``, followed by what puts back the
+        session state ``init`` left: the full reset runs as the login role
+        with default settings, and the borrower must not get more (or other)
+        rights than ``init`` gave the connection."""
+        row: Any = await conn.fetchrow(_BASELINE_QUERY, timeout=self._reset_timeout)
+        session_user, role, names, values = row
+        # Settings first, as the login role: one only a superuser may set was
+        # set by ``init`` before it dropped privileges, if it did. Then the
+        # session user, which also resets the role; then the role.
+        restore = [
+            f"SELECT set_config({_literal(n)}, {_literal(v)}, false);" for n, v in zip(names, values, strict=True)
+        ]
+        if login is None or session_user != login:
+            restore.append(f"SET SESSION AUTHORIZATION {_identifier(session_user)};")
+        if role != "none":
+            restore.append(f"SET ROLE {_identifier(role)};")
+        return FULL_RESET_QUERY + "".join(restore)
 
     def is_closed(self, conn: Connection) -> bool:
         """Known dead from local state alone (the pool asks on every lend)."""
@@ -413,7 +455,8 @@ class AsyncpgConnector(Connector["Connection"]):
             elif interrupted:
                 await self._run(conn, _PING)
         elif policy == "full":
-            query = FULL_RESET_QUERY
+            live = self._live.get(id(conn))
+            query = FULL_RESET_QUERY if live is None else live[2]
             if _forget_transaction(conn):
                 query = f"{_ROLLBACK};{query}"
             _forget_listeners(conn)
@@ -459,7 +502,7 @@ class AsyncpgConnector(Connector["Connection"]):
 
     def terminate_all(self) -> None:
         """Drop every open connection this connector made, at once."""
-        for conn, _generation in list(self._live.values()):
+        for conn, _generation, _reset_query in list(self._live.values()):
             conn.terminate()
 
     # -- internals -----------------------------------------------------------
@@ -485,6 +528,17 @@ class AsyncpgConnector(Connector["Connection"]):
             raise
         if conn.is_closed():
             raise RetireConnection("connection closed while its cancelled query settled")
+
+
+def _literal(value: str) -> str:
+    """``value`` as an SQL string literal. The ``E''`` form escapes the same
+    way whatever ``standard_conforming_strings`` says."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _forget_transaction(conn: Any) -> bool:

@@ -187,6 +187,93 @@ async def test_full_reset_undoes_set_session_authorization(make_connector: MakeC
 
 
 @pytest.mark.asyncio
+async def test_full_reset_keeps_the_role_set_in_init_but_not_the_borrowers(
+    make_connector: MakeConnector, admin: Admin
+) -> None:
+    suffix = random.randrange(1 << 30)
+    # A name that needs quoting, so the restoring SET ROLE must quote it.
+    init_role = f'asyncpool Init"Role {suffix}'
+    other_role = f"asyncpool_other_{suffix}"
+    await admin.execute(f'CREATE ROLE "{init_role.replace(chr(34), chr(34) * 2)}" NOLOGIN')
+    await admin.execute(f"CREATE ROLE {other_role} NOLOGIN")
+    quoted = '"' + init_role.replace('"', '""') + '"'
+
+    async def init(conn: asyncpg.Connection[Any]) -> None:
+        await conn.execute(f"SET ROLE {quoted}")
+
+    try:
+        async with AsyncPool(make_connector(init=init), max_size=1) as pool:
+            async with pool.acquire() as conn:
+                pid = conn.get_server_pid()
+                login = await conn.fetchval("SELECT session_user")
+                assert await conn.fetchval("SELECT current_user") == init_role
+                await conn.execute(f"SET ROLE {other_role}")
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT current_user") == init_role
+                await conn.execute("RESET ROLE")
+                assert await conn.fetchval("SELECT current_user") == login
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT current_user") == init_role
+                await conn.execute(f"SET SESSION AUTHORIZATION {other_role}")
+            async with pool.acquire() as conn:
+                assert conn.get_server_pid() == pid  # the same session each time
+                assert await conn.fetchval("SELECT session_user") == login
+                assert await conn.fetchval("SELECT current_user") == init_role
+    finally:
+        await admin.execute(f"DROP ROLE {quoted}")
+        await admin.execute(f"DROP ROLE {other_role}")
+
+
+@pytest.mark.asyncio
+async def test_full_reset_keeps_the_session_authorization_set_in_init(
+    make_connector: MakeConnector, admin: Admin
+) -> None:
+    role = f"asyncpool_sessauth_{random.randrange(1 << 30)}"
+    await admin.execute(f"CREATE ROLE {role} NOLOGIN")
+
+    async def init(conn: asyncpg.Connection[Any]) -> None:
+        await conn.execute(f"SET SESSION AUTHORIZATION {role}")
+
+    try:
+        async with AsyncPool(make_connector(init=init), max_size=1) as pool:
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT session_user") == role
+                # Allowed, because the login role is a superuser: a borrower
+                # can always undo it, but the next one must not inherit that.
+                await conn.execute("RESET SESSION AUTHORIZATION")
+                assert await conn.fetchval("SELECT session_user") != role
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT session_user") == role
+                assert await conn.fetchval("SELECT current_user") == role
+    finally:
+        await admin.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.asyncio
+async def test_full_reset_keeps_settings_made_in_init_but_not_the_borrowers(make_connector: MakeConnector) -> None:
+    # A quote and a backslash, so restoring it must quote the literal right.
+    path = r""""it's a back\slash", public"""
+
+    async def init(conn: asyncpg.Connection[Any]) -> None:
+        await conn.execute(f"SET search_path TO {path}")
+        await conn.execute("SET statement_timeout = '42s'")
+
+    async with AsyncPool(make_connector(init=init), max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            assert await conn.fetchval("SHOW search_path") == path
+            default_work_mem = await conn.fetchval("SHOW work_mem")
+            await conn.execute("SET search_path TO pg_catalog")
+            await conn.execute("SET statement_timeout = '1s'")
+            await conn.execute("SET work_mem = '7MB'")
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid
+            assert await conn.fetchval("SHOW search_path") == path
+            assert await conn.fetchval("SHOW statement_timeout") == "42s"
+            assert await conn.fetchval("SHOW work_mem") == default_work_mem
+
+
+@pytest.mark.asyncio
 async def test_rollback_policy_is_free_when_idle_and_keeps_session_state(make_connector: MakeConnector) -> None:
     connector = make_connector(reset="rollback")
     assert connector.background_reset is False
