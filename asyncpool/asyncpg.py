@@ -94,6 +94,9 @@ FULL_RESET_QUERY = (
 )
 _ROLLBACK = "ROLLBACK"
 _PING = "SELECT 1"
+#: The connector's default ``reset_timeout``; ``create_pool`` keeps it, and
+#: bounds a ``connection_class``'s own ``reset()`` with it too.
+_RESET_TIMEOUT = 5.0
 
 #: What an ``init`` hook may have changed in the session, read once right
 #: after it ran. ``source = 'session'`` is exactly what ``SET`` (or
@@ -277,7 +280,7 @@ class AsyncpgConnector(Connector["Connection"]):
         init: ConnHook | None = None,
         setup: ConnHook | None = None,
         validate_timeout: float = 2.0,
-        reset_timeout: float = 5.0,
+        reset_timeout: float = _RESET_TIMEOUT,
         max_queries: int | None = None,
         connect: Callable[..., Awaitable[Connection]] | None = None,
         **connect_kwargs: Any,
@@ -909,6 +912,19 @@ class _Watched:
             raise
 
 
+def _overrides_reset(connection_class: type[Connection]) -> bool:
+    base: Any = asyncpg.Connection
+    cls: Any = connection_class
+    return bool(cls.reset is not base.reset or cls.get_reset_query is not base.get_reset_query)
+
+
+async def _reset_by_connection_class(conn: Connection) -> None:
+    """The reset of a ``connection_class`` that overrides ``reset()`` or
+    ``get_reset_query()``, as asyncpg's pool runs it (after the connector's
+    rollback, which leaves ``Connection.reset()`` no transaction to end)."""
+    await conn.reset(timeout=_RESET_TIMEOUT)
+
+
 def create_pool(
     dsn: str | None = None,
     *,
@@ -935,7 +951,9 @@ def create_pool(
 
     Takes the same arguments and returns a :class:`Pool` with the same
     methods. ``reset`` may also name a policy, ``"full"`` (the default) or
-    ``"rollback"``. Options of asyncpool's own: ``pgbouncer``,
+    ``"rollback"``. With ``reset=None``, a ``connection_class`` that
+    overrides ``reset()`` or ``get_reset_query()`` resets its connections
+    itself, as in asyncpg. Options of asyncpool's own: ``pgbouncer``,
     ``acquire_timeout`` (the default for ``acquire()``; ``None`` waits
     forever), ``max_lifetime``, ``max_waiting``, ``health_check_interval``
     and ``name``. ``loop`` is accepted and ignored: the pool belongs to the
@@ -956,10 +974,17 @@ def create_pool(
         if not (isinstance(record_class, type) and issubclass(record_class, asyncpg.Record)):
             raise TypeError(f"record_class must be a subclass of asyncpg.Record, got {record_class!r}")
         connect_kwargs["record_class"] = record_class
+    if reset is None:
+        # asyncpg's pool then calls ``Connection.reset()``, which runs
+        # ``get_reset_query()``: a class that overrides either chose its reset.
+        if connection_class is not None and _overrides_reset(connection_class):
+            reset = _reset_by_connection_class
+        else:
+            reset = "full"
     connector = AsyncpgConnector(
         dsn,
         pgbouncer=pgbouncer,
-        reset="full" if reset is None else reset,
+        reset=reset,
         init=init,
         setup=setup,
         max_queries=max_queries,

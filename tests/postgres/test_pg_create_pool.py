@@ -208,6 +208,58 @@ async def test_custom_reset_runs_after_the_rollback(make_pool: PoolFactory) -> N
     assert seen == [(False, "pg_catalog"), (False, '"$user", public')]
 
 
+def _get_reset_query(self: Any) -> str:
+    return "RESET search_path"
+
+
+_resets: list[int] = []
+
+
+async def _counting_reset(self: Any, *, timeout: float | None = None) -> None:
+    _resets.append(self.get_server_pid())
+    await asyncpg.Connection.reset(self, timeout=timeout)
+
+
+# Built with type(), as in test_asyncpg_options_map_onto_the_pool, so that
+# the tests type-check with or without asyncpg's stubs. The first overrides
+# asyncpg's reset query (what asyncpg's docs suggest subclassing for); the
+# second overrides reset() itself and keeps asyncpg's query.
+ResetsSearchPathOnly = type("ResetsSearchPathOnly", (asyncpg.Connection,), {"get_reset_query": _get_reset_query})
+CountsResets = type("CountsResets", (asyncpg.Connection,), {"reset": _counting_reset})
+
+
+@pytest.mark.asyncio
+async def test_a_connection_class_that_overrides_the_reset_query_is_honoured(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=1, connection_class=ResetsSearchPathOnly) as pool:
+        assert pool.connector.reset_policy == "custom"
+        async with pool.acquire() as conn:
+            default_path = await conn.fetchval("SHOW search_path")
+            await conn.execute("SET search_path TO pg_catalog")
+            await conn.execute("SET work_mem = '7MB'")
+            await conn.execute("BEGIN")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SHOW search_path") == default_path
+            # Its query ran instead of the full reset, as in asyncpg.
+            assert await conn.fetchval("SHOW work_mem") == "7MB"
+
+
+@pytest.mark.asyncio
+async def test_a_connection_class_that_overrides_reset_is_honoured(make_pool: PoolFactory) -> None:
+    _resets.clear()
+    async with make_pool(min_size=1, max_size=1, connection_class=CountsResets) as pool:
+        assert pool.connector.reset_policy == "custom"
+        for _ in range(3):
+            async with pool.acquire() as conn:
+                await conn.execute("SET work_mem = '7MB'")
+        async with pool.acquire() as conn:
+            # asyncpg's own reset query: RESET ALL, among others.
+            assert await conn.fetchval("SHOW work_mem") != "7MB"
+    assert len(_resets) == 4  # one per lease
+    # An explicit reset= still wins over the class, as in asyncpg.
+    assert make_pool(connection_class=CountsResets, reset="rollback").connector.reset_policy == "rollback"
+
+
 @pytest.mark.asyncio
 async def test_reset_policy_by_name(make_pool: PoolFactory) -> None:
     async with make_pool(min_size=1, max_size=1, reset="rollback") as pool:
@@ -277,6 +329,7 @@ async def test_asyncpg_options_map_onto_the_pool(make_pool: PoolFactory) -> None
         command_timeout=7,
     )
     assert pool.pool.config.max_idle == 12.5
+    assert pool.connector.reset_policy == "full"  # the class keeps asyncpg's reset
     assert pool.pool.config.timeout == 30.0  # a finite acquire timeout by default
     async with pool:
         async with pool.acquire() as conn:
