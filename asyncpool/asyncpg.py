@@ -716,10 +716,20 @@ class Pool:
             self._fatal = None
 
     async def close(self) -> None:
-        """Close the pool once every connection has been released."""
-        if self._terminating is not None:
-            await self._terminating
-        await self._core.close()
+        """Close the pool once every connection has been released.
+
+        If the wait is cancelled or fails (``asyncio.wait_for(pool.close(),
+        10)`` timing out), the pool is terminated, as asyncpg's is: the
+        caller gave up waiting, so connections still lent are dropped now
+        rather than left open for their borrowers to return someday.
+        """
+        try:
+            if self._terminating is not None:
+                await self._terminating
+            await self._core.close()
+        except BaseException:
+            self.terminate()
+            raise
 
     def terminate(self) -> None:
         """Drop every connection at once and close the pool."""

@@ -306,6 +306,39 @@ async def test_terminate_drops_every_backend_at_once(make_pool: PoolFactory, adm
 
 
 @pytest.mark.asyncio
+async def test_a_close_that_times_out_terminates_the_lent_connections(
+    make_pool: PoolFactory, admin: Admin, app_name: str
+) -> None:
+    pool = await make_pool(min_size=2, max_size=2)
+    lent = await pool.acquire()
+    assert len(await backend_pids(admin, app_name)) == 2
+    # asyncpg's documented way to bound a close.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pool.close(), 0.2)
+    assert lent.is_closed()
+    await wait_for_backends(admin, app_name, 0)
+    await pool.release(lent)  # a no-op now, as after terminate()
+    await pool.close()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_close_terminates_the_lent_connections(
+    make_pool: PoolFactory, admin: Admin, app_name: str
+) -> None:
+    pool = await make_pool(min_size=1, max_size=1)
+    lent = await pool.acquire()
+    closing = asyncio.create_task(pool.close())
+    await asyncio.sleep(0.1)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await wait_for_backends(admin, app_name, 0)
+    assert pool.is_closing()
+    await pool.release(lent)
+    await pool.close()
+
+
+@pytest.mark.asyncio
 async def test_a_connect_error_retrying_cannot_cure_is_raised_at_once(make_pool: PoolFactory, pg_dsn: str) -> None:
     started = time.monotonic()
     with pytest.raises(asyncpg.InvalidCatalogNameError):
