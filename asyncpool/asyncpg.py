@@ -966,8 +966,9 @@ def create_pool(
     itself, as in asyncpg. Options of asyncpool's own: ``pgbouncer``,
     ``acquire_timeout`` (the default for ``acquire()``; ``None`` waits
     forever), ``max_lifetime``, ``max_waiting``, ``health_check_interval``
-    and ``name``. ``loop`` is accepted and ignored: the pool belongs to the
-    loop that opens it.
+    (at most half of ``max_inactive_connection_lifetime``, so that idle
+    connections are retired on time) and ``name``. ``loop`` is accepted and
+    ignored: the pool belongs to the loop that opens it.
     """
     del loop
     if not isinstance(max_queries, int) or max_queries < 1:
@@ -1001,13 +1002,24 @@ def create_pool(
         connect=connect,
         **connect_kwargs,
     )
+    inactive = float(max_inactive_connection_lifetime)
+    if (
+        inactive > 0
+        and isinstance(health_check_interval, (int, float))
+        and not isinstance(health_check_interval, bool)
+        and health_check_interval > inactive / 2
+    ):
+        # Idle connections are retired at health-check rounds: this keeps
+        # them from living up to a whole interval past their lifetime
+        # (asyncpg retires each close to the configured time).
+        health_check_interval = inactive / 2
     connect_timeout = connect_kwargs.get("timeout")
     return Pool(
         connector,
         min_size=min_size,
         max_size=max_size,
         acquire_timeout=acquire_timeout,
-        max_inactive_connection_lifetime=float(max_inactive_connection_lifetime),
+        max_inactive_connection_lifetime=inactive,
         max_lifetime=max_lifetime,
         max_waiting=max_waiting,
         health_check_interval=health_check_interval,

@@ -379,6 +379,32 @@ async def test_asyncpg_options_map_onto_the_pool(make_pool: PoolFactory) -> None
 
 
 @pytest.mark.asyncio
+async def test_idle_connections_above_min_size_retire_soon_after_their_inactive_lifetime(
+    make_pool: PoolFactory, admin: Admin, app_name: str
+) -> None:
+    async with make_pool(min_size=1, max_size=4, max_inactive_connection_lifetime=0.5) as pool:
+        assert pool.pool.config.health_check_interval == 0.25
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with pool.acquire():
+                await release.wait()
+
+        tasks = [asyncio.create_task(hold()) for _ in range(4)]
+        await wait_until(lambda: pool.stats().in_use == 4, what="four leases")
+        release.set()
+        await asyncio.gather(*tasks)
+        assert len(await backend_pids(admin, app_name)) == 4
+        started_idle = time.monotonic()
+        await wait_for_backends(admin, app_name, 1, timeout=3.0)
+        assert time.monotonic() - started_idle < 3.0
+        assert pool.get_size() == 1
+    # Lifetimes longer than twice the interval leave it alone.
+    assert make_pool(max_inactive_connection_lifetime=300).pool.config.health_check_interval == 30.0
+    assert make_pool(health_check_interval=None).pool.config.health_check_interval is None
+
+
+@pytest.mark.asyncio
 async def test_a_lease_cancelled_mid_query_does_not_break_the_next_one(make_pool: PoolFactory) -> None:
     async with make_pool(min_size=1, max_size=1) as pool:
         for _ in range(20):
