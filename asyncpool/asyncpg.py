@@ -248,6 +248,9 @@ class AsyncpgConnector(Connector["Connection"]):
     * ``reset_timeout``: bound on the reset round trip and on a graceful close.
     * ``max_queries``: retire a connection once it has run this many queries
       (checked when it is released).
+    * ``connect``: called instead of ``asyncpg.connect``, as asyncpg's pool
+      calls it: ``connect(dsn, loop=, connection_class=, record_class=,
+      **connect_kwargs)``, the two classes defaulting to asyncpg's.
 
     The password in ``dsn`` or ``password=`` never appears in this object's
     repr, in its log records, or in the connect errors it raises.
@@ -364,7 +367,17 @@ class AsyncpgConnector(Connector["Connection"]):
         generation = self._generation
         try:
             if self._connect_fn is not None:
-                conn = await self._connect_fn(self._dsn, **self._connect_kwargs)
+                # Called exactly as asyncpg's pool calls it: a wrapper may
+                # require ``loop``, ``connection_class`` and ``record_class``.
+                conn = await self._connect_fn(
+                    self._dsn,
+                    **{
+                        "connection_class": asyncpg.Connection,
+                        "record_class": asyncpg.Record,
+                        **self._connect_kwargs,
+                        "loop": asyncio.get_running_loop(),
+                    },
+                )
             else:
                 conn = await asyncpg.connect(self._dsn, **self._connect_kwargs)
         except Exception as exc:

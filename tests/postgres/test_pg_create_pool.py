@@ -405,6 +405,28 @@ async def test_idle_connections_above_min_size_retire_soon_after_their_inactive_
 
 
 @pytest.mark.asyncio
+async def test_a_custom_connect_is_called_as_asyncpg_calls_it(make_pool: PoolFactory, pg_dsn: str) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    # Keyword-only and required, as a wrapper written for asyncpg may have them.
+    async def connect(
+        dsn: str, *, loop: asyncio.AbstractEventLoop, connection_class: Any, record_class: Any, **kwargs: Any
+    ) -> Any:
+        calls.append((dsn, {"loop": loop, "connection_class": connection_class, "record_class": record_class}))
+        return await asyncpg.connect(dsn, connection_class=connection_class, record_class=record_class, **kwargs)
+
+    Record = type("Record", (asyncpg.Record,), {})
+    async with make_pool(min_size=1, max_size=1, connect=connect, command_timeout=9) as pool:
+        assert await pool.fetchval("SELECT 1") == 1
+        loop = asyncio.get_running_loop()
+    async with make_pool(min_size=1, max_size=1, connect=connect, record_class=Record) as pool:
+        assert isinstance(await pool.fetchrow("SELECT 1"), Record)
+    # asyncpg's defaults when the pool was given no class.
+    assert calls[0] == (pg_dsn, {"loop": loop, "connection_class": asyncpg.Connection, "record_class": asyncpg.Record})
+    assert calls[1][1]["record_class"] is Record
+
+
+@pytest.mark.asyncio
 async def test_a_lease_cancelled_mid_query_does_not_break_the_next_one(make_pool: PoolFactory) -> None:
     async with make_pool(min_size=1, max_size=1) as pool:
         for _ in range(20):
