@@ -321,6 +321,9 @@ class AsyncpgConnector(Connector["Connection"]):
         # the query that gives them a clean session (the full policy).
         self._live: dict[int, tuple[Connection, int, str]] = {}
         self._generation = 0
+        #: What ``init`` raised the last time it failed (``create_pool``
+        #: raises it from opening at once instead of retrying).
+        self.last_init_error: BaseException | None = None
 
     def __repr__(self) -> str:
         if self._dsn is not None:
@@ -398,6 +401,7 @@ class AsyncpgConnector(Connector["Connection"]):
             except BaseException as exc:
                 conn.terminate()
                 clean = self._secrets.scrub(exc)
+                self.last_init_error = clean
                 if clean is exc:
                     raise
                 raise clean from None
@@ -628,7 +632,7 @@ class Pool:
     :meth:`stats`.
     """
 
-    __slots__ = ("_connector", "_core", "_fatal", "_open_lock", "_opened", "_terminating")
+    __slots__ = ("_connector", "_core", "_fatal", "_init_size", "_open_lock", "_opened", "_terminating")
 
     def __init__(
         self,
@@ -636,6 +640,7 @@ class Pool:
         *,
         min_size: int,
         max_size: int,
+        init_size: int,
         acquire_timeout: float | None,
         max_inactive_connection_lifetime: float,
         max_lifetime: float | None,
@@ -657,6 +662,7 @@ class Pool:
             connect_timeout=connect_timeout,
             name=name,
         )
+        self._init_size = init_size
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
         #: Set while opening: the first permanent connect error goes here.
@@ -708,12 +714,13 @@ class Pool:
 
     async def _open_core(self) -> None:
         """Open, and wait for ``min_size`` connections; a connect error that
-        retrying cannot cure (bad password, no such database) is raised at
-        once, the others are retried until the acquire timeout."""
+        retrying cannot cure (bad password, no such database) or an error
+        raised by ``init`` is raised at once, the others are retried until
+        the acquire timeout."""
         core = self._core
         loop = asyncio.get_running_loop()
         self._fatal = fatal = loop.create_future()
-        filled = loop.create_task(core.open(wait=True))
+        filled = loop.create_task(self._fill())
         try:
             await asyncio.wait((filled, fatal), return_when=asyncio.FIRST_COMPLETED)
             if fatal.done():
@@ -727,6 +734,24 @@ class Pool:
             raise
         finally:
             self._fatal = None
+
+    async def _fill(self) -> None:
+        """Open with ``min_size`` connections, then grow to ``init_size``:
+        lend that many at once and give them back (those above ``min_size``
+        are retired when idle past ``max_inactive_connection_lifetime``)."""
+        core = self._core
+        await core.open(wait=True)
+        if core.stats().size >= self._init_size:
+            return
+        outcomes = await asyncio.gather(*(core.acquire() for _ in range(self._init_size)), return_exceptions=True)
+        failure: BaseException | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+            else:
+                await core.release(outcome)
+        if failure is not None:
+            raise failure
 
     async def close(self) -> None:
         """Close the pool once every connection has been released.
@@ -783,8 +808,8 @@ class Pool:
         return self._core.config.min_size
 
     def get_init_size(self) -> int:
-        """How many connections opening the pool makes: ``min_size``."""
-        return self._core.config.min_size
+        """How many connections opening the pool makes (``init_size``)."""
+        return self._init_size
 
     def get_max_size(self) -> int:
         return self._core.config.max_size
@@ -908,7 +933,8 @@ class Pool:
 class _Watched:
     """The connector as :class:`Pool` hands it to its :class:`AsyncPool`:
     the same, except that while the pool is opening, a connect error that
-    retrying cannot cure is reported to :meth:`Pool._open_core` at once."""
+    retrying cannot cure (or an error from ``init``) is reported to
+    :meth:`Pool._open_core` at once."""
 
     __slots__ = ("_connector", "_pool", "background_reset", "close", "is_closed", "reset", "validate")
 
@@ -926,12 +952,17 @@ class _Watched:
         return repr(self._connector)
 
     async def connect(self) -> Connection:
+        connector = self._connector
         try:
-            return await self._connector.connect()
-        except _PERMANENT_CONNECT_ERRORS as exc:
-            fatal = self._pool._fatal
-            if fatal is not None and not fatal.done():
-                fatal.set_result(exc)
+            return await connector.connect()
+        except Exception as exc:
+            # An error from ``init`` is the application's, as a bad password
+            # is the configuration's: waiting will not cure either, and
+            # asyncpg raises both from opening its pool at once.
+            if isinstance(exc, _PERMANENT_CONNECT_ERRORS) or exc is connector.last_init_error:
+                fatal = self._pool._fatal
+                if fatal is not None and not fatal.done():
+                    fatal.set_result(exc)
             raise
 
 
@@ -951,6 +982,7 @@ async def _reset_by_connection_class(conn: Connection) -> None:
 def create_pool(
     dsn: str | None = None,
     *,
+    init_size: int | None = None,
     min_size: int = 10,
     max_size: int = 10,
     max_queries: int = 50000,
@@ -984,6 +1016,11 @@ def create_pool(
     ignored: the pool belongs to the loop that opens it.
     """
     del loop
+    if init_size is None:
+        init_size = min_size
+    elif isinstance(init_size, bool) or not isinstance(init_size, int) or not min_size <= init_size <= max_size:
+        bounds = f"from min_size ({min_size}) to max_size ({max_size})"
+        raise ValueError(f"init_size must be an int {bounds}, got {init_size!r}")
     if not isinstance(max_queries, int) or max_queries < 1:
         raise ValueError(f"max_queries must be an int >= 1, got {max_queries!r}")
     if not isinstance(max_inactive_connection_lifetime, (int, float)) or max_inactive_connection_lifetime < 0:
@@ -1031,6 +1068,7 @@ def create_pool(
         connector,
         min_size=min_size,
         max_size=max_size,
+        init_size=init_size,
         acquire_timeout=acquire_timeout,
         max_inactive_connection_lifetime=inactive,
         max_lifetime=max_lifetime,

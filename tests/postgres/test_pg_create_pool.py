@@ -57,6 +57,19 @@ async def test_awaiting_opens_it_with_min_size_connections(make_pool: PoolFactor
 
 
 @pytest.mark.asyncio
+async def test_init_size_opens_more_than_min_size(make_pool: PoolFactory, admin: Admin, app_name: str) -> None:
+    async with make_pool(min_size=1, init_size=3, max_size=4) as pool:
+        assert (pool.get_init_size(), pool.get_min_size()) == (3, 1)
+        assert pool.get_size() == 3
+        assert len(await backend_pids(admin, app_name)) == 3
+        assert await pool.fetchval("SELECT 1") == 1
+    assert make_pool(min_size=2).get_init_size() == 2  # defaults to min_size
+    for bad in (0, 5, 2.5):
+        with pytest.raises(ValueError, match="init_size"):
+            make_pool(min_size=1, init_size=bad, max_size=4)
+
+
+@pytest.mark.asyncio
 async def test_async_with_opens_and_closes(make_pool: PoolFactory, admin: Admin, app_name: str) -> None:
     async with make_pool(min_size=1, max_size=2) as pool:
         assert pool.get_size() == 1
@@ -92,7 +105,6 @@ async def test_query_shortcuts(make_pool: PoolFactory) -> None:
 async def test_copy_shortcuts(make_pool: PoolFactory) -> None:
     table = f"asyncpool_copy_{random.randrange(1 << 30)}"
     async with make_pool(min_size=1, max_size=2) as pool:
-        assert pool.get_init_size() == 1
         await pool.execute(f"CREATE TABLE {table} (id int, name text)")
         try:
             status = await pool.copy_records_to_table(table, records=[(1, "one"), (2, "two")], columns=["id", "name"])
@@ -344,6 +356,25 @@ async def test_a_connect_error_retrying_cannot_cure_is_raised_at_once(make_pool:
     with pytest.raises(asyncpg.InvalidCatalogNameError):
         await make_pool(pg_dsn.rsplit("/", 1)[0] + "/asyncpool_no_such_db", min_size=2)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.asyncio
+async def test_an_error_from_init_is_raised_from_opening_at_once(
+    make_pool: PoolFactory, admin: Admin, app_name: str
+) -> None:
+    class InitFailed(Exception):
+        pass
+
+    async def init(conn: Any) -> None:
+        raise InitFailed("no codecs today")
+
+    pool = make_pool(min_size=2, init=init)
+    started = time.monotonic()
+    with pytest.raises(InitFailed, match="no codecs today"):
+        await pool
+    assert time.monotonic() - started < 5  # not the 30 s acquire timeout
+    assert pool.is_closing()
+    await wait_for_backends(admin, app_name, 0)
 
 
 @pytest.mark.asyncio
