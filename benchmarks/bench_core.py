@@ -3,7 +3,8 @@
 A no-op connector and a pool of 10; the floor is a bare ``asyncio.Queue``
 holding 10 dummy objects, used the same way (under trio: a memory channel
 holding 10 objects). Every pool figure is measured interleaved with its floor
-(alternating rounds, median of each), so a noisy machine moves both alike.
+(pairs of rounds back to back, the ratio being the median of the pairs'
+ratios), so a noisy machine moves both alike.
 
     python benchmarks/bench_core.py [--quick] [--readme README.md]
 
@@ -25,6 +26,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +147,11 @@ async def asyncio_suite(total: int, rounds: int) -> list[dict[str, Any]]:
         per_task = max(1, total // tasks)
         await asyncio_pool_cycles(pool, tasks, max(1, per_task // 10))  # warm up
         await asyncio_floor_cycles(queue, tasks, max(1, per_task // 10))
-        pool_rates, floor_rates = [], []
-        for _ in range(rounds):
-            pool_rates.append(await asyncio_pool_cycles(pool, tasks, per_task))
-            floor_rates.append(await asyncio_floor_cycles(queue, tasks, per_task))
+        pool_rates, floor_rates = await _paired_rounds(
+            partial(asyncio_pool_cycles, pool, tasks, per_task),
+            partial(asyncio_floor_cycles, queue, tasks, per_task),
+            rounds,
+        )
         pool_waits = await asyncio_pool_waits(pool, tasks, per_task)
         floor_waits = await asyncio_floor_waits(queue, tasks, per_task)
         rows.append(_row(tasks, pool_rates, floor_rates, pool_waits, floor_waits))
@@ -289,10 +292,9 @@ def trio_suite(total: int, rounds: int) -> list[dict[str, Any]]:
             per_task = max(1, total // tasks)
             await pool_cycles(tasks, max(1, per_task // 10))
             await floor_cycles(tasks, max(1, per_task // 10))
-            pool_rates, floor_rates = [], []
-            for _ in range(rounds):
-                pool_rates.append(await pool_cycles(tasks, per_task))
-                floor_rates.append(await floor_cycles(tasks, per_task))
+            pool_rates, floor_rates = await _paired_rounds(
+                partial(pool_cycles, tasks, per_task), partial(floor_cycles, tasks, per_task), rounds
+            )
             pool_waits: list[float] = []
             floor_waits: list[float] = []
             await pool_cycles(tasks, per_task, pool_waits)
@@ -307,18 +309,40 @@ def trio_suite(total: int, rounds: int) -> list[dict[str, Any]]:
 # -- reporting ------------------------------------------------------------------
 
 
+async def _paired_rounds(
+    pool_round: Callable[[], Awaitable[float]], floor_round: Callable[[], Awaitable[float]], rounds: int
+) -> tuple[list[float], list[float]]:
+    """``rounds`` pairs of one pool round and one floor round, back to back,
+    each pair in the other order than the one before: a slow spell of the
+    machine then falls on both halves of a pair, and neither side always
+    runs first."""
+    pool_rates: list[float] = []
+    floor_rates: list[float] = []
+    for number in range(rounds):
+        if number % 2:
+            floor_rates.append(await floor_round())
+            pool_rates.append(await pool_round())
+        else:
+            pool_rates.append(await pool_round())
+            floor_rates.append(await floor_round())
+    return pool_rates, floor_rates
+
+
 def _row(
     tasks: int, pool_rates: list[float], floor_rates: list[float], pool_waits: list[float], floor_waits: list[float]
 ) -> dict[str, Any]:
     pool_rate = statistics.median(pool_rates)
     floor_rate = statistics.median(floor_rates)
+    # The ratio of each pair, then their median: robust to a machine whose
+    # speed drifts between pairs, which a ratio of two medians is not.
+    ratio = statistics.median(p / f for p, f in zip(pool_rates, floor_rates, strict=True))
     p50 = percentile(pool_waits, 50)
     p99 = percentile(pool_waits, 99)
     return {
         "tasks": tasks,
         "pool_cycles_per_s": pool_rate,
         "floor_cycles_per_s": floor_rate,
-        "ratio": pool_rate / floor_rate,
+        "ratio": ratio,
         "wait_p50_us": p50 * 1e6,
         "wait_p99_us": p99 * 1e6,
         "p99_over_p50": p99 / p50 if p50 > 0 else float("nan"),
@@ -416,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", help="write the table into this README between the bench:core markers")
     parser.add_argument("--loops", default="asyncio,uvloop,trio")
     args = parser.parse_args(argv)
-    total = 20_000 if args.quick else 200_000
-    rounds = 3 if args.quick else 5
+    total = 20_000 if args.quick else 70_000  # cycles per round
+    rounds = 3 if args.quick else 15
     waiters = 1_000 if args.quick else 10_000
     loops = args.loops.split(",")
     results: dict[str, Any] = {"throughput": {}, "waiters": waiters}
