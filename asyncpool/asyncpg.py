@@ -51,6 +51,7 @@ import asyncio
 import inspect
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
@@ -245,7 +246,9 @@ class AsyncpgConnector(Connector["Connection"]):
       does not call it.
     * ``validate_timeout``: bound on the validation round trip, and on the
       wait for an interrupted query's cancellation to settle.
-    * ``reset_timeout``: bound on the reset round trip and on a graceful close.
+    * ``reset_timeout``: bound on the reset round trip (the connection is
+      terminated once it overruns, checked every ``reset_timeout / 2``) and
+      on a graceful close.
     * ``max_queries``: retire a connection once it has run this many queries
       (checked when it is released).
     * ``connect``: called instead of ``asyncpg.connect``, as asyncpg's pool
@@ -264,13 +267,18 @@ class AsyncpgConnector(Connector["Connection"]):
         "_init",
         "_live",
         "_max_queries",
+        "_overdue",
         "_pgbouncer",
         "_policy",
         "_reset_fn",
         "_reset_timeout",
+        "_resetting",
         "_secrets",
         "_validate_timeout",
+        "_watchdog",
+        "_watchdog_loop",
         "background_reset",
+        "last_init_error",
         "setup",
     )
 
@@ -321,6 +329,12 @@ class AsyncpgConnector(Connector["Connection"]):
         # the query that gives them a clean session (the full policy).
         self._live: dict[int, tuple[Connection, int, str]] = {}
         self._generation = 0
+        # Reset round trips in flight, by id(conn): the connection and when
+        # its reset is overdue. One watchdog timer bounds them all.
+        self._resetting: dict[int, tuple[Connection, float]] = {}
+        self._overdue: set[int] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_loop: asyncio.AbstractEventLoop | None = None
         #: What ``init`` raised the last time it failed (``create_pool``
         #: raises it from opening at once instead of retrying).
         self.last_init_error: BaseException | None = None
@@ -528,12 +542,50 @@ class AsyncpgConnector(Connector["Connection"]):
     # -- internals -----------------------------------------------------------
 
     async def _run(self, conn: Connection, query: str) -> None:
+        """Run a reset query, bounded by ``reset_timeout``.
+
+        The bound is the connector's watchdog, not asyncpg's ``timeout=``:
+        that arms and cancels an event-loop timer on every query, which cost
+        5-10 % of a pool's throughput at 10 tasks (measured against a bare
+        queue running the same query, in the same process). A reset that
+        overruns is ended by terminating its connection, between one and one
+        and a half ``reset_timeout`` after it started.
+        """
+        key = id(conn)
+        self._resetting[key] = (conn, time.monotonic() + self._reset_timeout)
+        self._watch()
         try:
-            await conn.execute(query, timeout=self._reset_timeout)
-        except BaseException:
+            await conn.execute(query)
+        except BaseException as exc:
             # Failed or interrupted half-way: its state is unknown.
             conn.terminate()
+            if key in self._overdue:
+                raise RetireConnection(
+                    f"reset did not finish within {self._reset_timeout} s; connection terminated"
+                ) from exc
             raise
+        finally:
+            self._resetting.pop(key, None)
+            self._overdue.discard(key)
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._watchdog is None or self._watchdog_loop is not loop:
+            # (A timer left on another, maybe closed, loop would never fire.)
+            self._watchdog_loop = loop
+            self._watchdog = loop.call_later(self._reset_timeout / 2, self._patrol)
+
+    def _patrol(self) -> None:
+        self._watchdog = None
+        now = time.monotonic()
+        for key, (conn, overdue_at) in list(self._resetting.items()):
+            if overdue_at <= now:
+                del self._resetting[key]
+                self._overdue.add(key)
+                logger.warning("a reset took longer than %s s; terminating its connection", self._reset_timeout)
+                conn.terminate()
+        if self._resetting:
+            self._watch()
 
     async def _settle(self, conn: Connection) -> None:
         bound = self._validate_timeout

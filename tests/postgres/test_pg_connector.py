@@ -132,6 +132,34 @@ async def test_validate_gives_up_on_a_server_that_stopped_answering(pg_dsn: str)
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("policy", ["full", "rollback"])
+async def test_a_reset_on_a_server_that_stopped_answering_is_bounded(pg_dsn: str, policy: str) -> None:
+    target = urlsplit(pg_dsn)
+    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    connector = AsyncpgConnector(with_port(pg_dsn, proxy.port), reset=policy, reset_timeout=0.4)
+    try:
+        async with AsyncPool(connector, max_size=1, timeout=5, background_reset=False) as pool:
+            conn = await pool.acquire()
+            if policy == "rollback":
+                await conn.execute("BEGIN")  # so that the reset has a round trip to make
+            proxy.freeze()  # a half-open TCP connection: the reset never hears back
+            started = time.monotonic()
+            await pool.release(conn)
+            took = time.monotonic() - started
+            assert 0.35 < took < 2.0, took  # reset_timeout, checked every reset_timeout / 2
+            assert conn.is_closed()  # terminated, and retired
+            assert pool.stats().size == 0
+            proxy.thaw()
+            async with pool.acquire() as fresh:
+                assert fresh is not conn
+                assert await fresh.fetchval("SELECT 1") == 1
+    finally:
+        proxy.thaw()
+        await proxy.close()
+
+
+@pytest.mark.asyncio
 async def test_default_reset_leaves_no_session_state_behind(make_connector: MakeConnector, admin: Admin) -> None:
     role = f"asyncpool_role_{random.randrange(1 << 30)}"
     await admin.execute(f"CREATE ROLE {role} NOLOGIN")
