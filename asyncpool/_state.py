@@ -104,6 +104,7 @@ class PoolState(Generic[R]):
         "checking",
         "closed",
         "connect_errors",
+        "connect_failures",
         "connecting",
         "created",
         "destroyed",
@@ -116,6 +117,7 @@ class PoolState(Generic[R]):
         "now",
         "on_change",
         "rejected",
+        "retry_at",
         "size",
         "start_check",
         "start_close",
@@ -143,6 +145,10 @@ class PoolState(Generic[R]):
         self.closed = False
         #: Set while the latest connect attempt failed.
         self.last_connect_error: BaseException | None = None
+        #: Failed connects in a row, and when ``turned_away`` may try again:
+        #: a refused acquire must not bypass the reconnect backoff.
+        self.connect_failures = 0
+        self.retry_at = -math.inf
         self.now: Callable[[], float] = _no_clock
         self.waiters: WaitQueue = None  # type: ignore[assignment]  # set by open()
         # Hooks into the async shell; each only spawns a background task.
@@ -352,7 +358,13 @@ class PoolState(Generic[R]):
         reached, no time left, ``acquire_nowait``): start one connect, unless
         one beyond those for the waiters is under way. Otherwise a pool that
         nobody may wait on (``max_waiting=0``, ``timeout=0``) never grows."""
-        if not self.closed and not self.idle and self.size < self.cfg.max_size and self.connecting <= self.waiters.live:
+        if (
+            not self.closed
+            and not self.idle
+            and self.size < self.cfg.max_size
+            and self.connecting <= self.waiters.live
+            and (self.retry_at == -math.inf or self.now() >= self.retry_at)
+        ):
             self._start_one()
 
     def waiter_enqueued(self) -> None:
@@ -364,6 +376,8 @@ class PoolState(Generic[R]):
         self.connecting -= 1
         self.created += 1
         self.last_connect_error = None
+        self.connect_failures = 0
+        self.retry_at = -math.inf
         now = self.now()
         entry = Entry(resource, now, self.cfg.max_lifetime)
         entry.ready = self.make_ready(resource)
@@ -379,6 +393,10 @@ class PoolState(Generic[R]):
         """A connect attempt failed; ``True`` if it should be retried."""
         self.connect_errors += 1
         self.last_connect_error = exc
+        cfg = self.cfg
+        delay = min(cfg.reconnect_max_delay, cfg.reconnect_delay * 2.0 ** min(self.connect_failures, 30))
+        self.connect_failures += 1
+        self.retry_at = self.now() + delay * (0.5 + random.random() / 2)
         return self.keep_connecting()
 
     def keep_connecting(self) -> bool:

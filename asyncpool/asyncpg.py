@@ -66,6 +66,7 @@ except ImportError as _exc:  # pragma: no cover - exercised without the extra
     ) from _exc
 
 from ._connector import Connector
+from ._errors import PoolError
 from ._lease import Lease
 from ._pool import AsyncPool
 from ._stats import PoolStats
@@ -432,14 +433,34 @@ class AsyncpgConnector(Connector["Connection"]):
         # Settings first, as the login role: one only a superuser may set was
         # set by ``init`` before it dropped privileges, if it did. Then the
         # session user, which also resets the role; then the role.
-        restore = [
+        settings = "".join(
             f"SELECT set_config({_literal(n)}, {_literal(v)}, false);" for n, v in zip(names, values, strict=True)
-        ]
+        )
+        identity = ""
         if login is None or session_user != login:
-            restore.append(f"SET SESSION AUTHORIZATION {_identifier(session_user)};")
+            identity += f"SET SESSION AUTHORIZATION {_identifier(session_user)};"
         if role != "none":
-            restore.append(f"SET ROLE {_identifier(role)};")
-        return FULL_RESET_QUERY + "".join(restore)
+            identity += f"SET ROLE {_identifier(role)};"
+        if not settings or not identity:
+            return FULL_RESET_QUERY + settings + identity
+        # Which identity may set them is not known: a superuser-only setting
+        # made before ``init`` dropped privileges needs the login role, one
+        # granted (``GRANT SET ON PARAMETER``) to the role ``init`` switched
+        # to needs that role. Prove one order now, on the fresh connection
+        # (a failed attempt rolls back whole), rather than have every
+        # release fail and the connection replaced for every lease.
+        last: BaseException | None = None
+        for query in (FULL_RESET_QUERY + settings + identity, FULL_RESET_QUERY + identity + settings):
+            try:
+                await conn.execute(query, timeout=self._reset_timeout)
+            except asyncpg.PostgresError as exc:
+                last = exc
+                continue
+            return query
+        raise RuntimeError(
+            "the full reset cannot restore the session state init left (as the login role, or as the role "
+            f"init switched to): {type(last).__name__}: {last}; use reset='rollback' or a custom reset"
+        ) from last
 
     def is_closed(self, conn: Connection) -> bool:
         """Known dead from local state alone (the pool asks on every lend)."""
@@ -795,13 +816,22 @@ class Pool:
         await core.open(wait=True)
         if core.stats().size >= self._init_size:
             return
-        outcomes = await asyncio.gather(*(core.acquire() for _ in range(self._init_size)), return_exceptions=True)
-        failure: BaseException | None = None
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                failure = failure or outcome
-            else:
-                await core.release(outcome)
+        lent: list[Connection] = []
+
+        async def take() -> None:
+            lent.append(await core.acquire())  # no await between the two
+
+        try:
+            outcomes = await asyncio.gather(*(take() for _ in range(self._init_size)), return_exceptions=True)
+            while lent:
+                await core.release(lent.pop())
+        finally:
+            # Failed or cancelled (opening gave up, or an init error was
+            # reported): what is still lent would hold ``close()`` forever.
+            # ``discard=True`` never suspends, so no cancellation cuts it short.
+            while lent:
+                await core.release(lent.pop(), discard=True)
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
         if failure is not None:
             raise failure
 
@@ -813,6 +843,12 @@ class Pool:
         caller gave up waiting, so connections still lent are dropped now
         rather than left open for their borrowers to return someday.
         """
+        if self._foreign_loop():
+            # Not this loop's pool: the core raises PoolError (or returns, if
+            # closed already) without changing anything; terminating from
+            # here would drop the owner's connections from a foreign thread.
+            await self._core.close()
+            return
         try:
             if self._terminating is not None:
                 await self._terminating
@@ -820,6 +856,16 @@ class Pool:
         except BaseException:
             self.terminate()
             raise
+
+    def _foreign_loop(self) -> bool:
+        core = self._core
+        if not core._opened:
+            return False
+        try:
+            core._backend.check_loop()
+        except PoolError:
+            return True
+        return False
 
     def terminate(self) -> None:
         """Drop every connection at once and close the pool."""

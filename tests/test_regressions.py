@@ -520,3 +520,40 @@ async def test_open_and_close_reject_a_bad_timeout_and_change_nothing(connector:
     await pool.release(held)
     await pool.close(timeout=0)
     connector.assert_all_closed_once()
+
+
+@pytest.mark.parametrize(
+    "option", [{"max_waiting": 0}, {"timeout": 0}, {}], ids=["max_waiting=0", "timeout=0", "acquire_nowait"]
+)
+async def test_refused_acquires_during_an_outage_reconnect_with_backoff(
+    connector: FakeConnector, option: dict[str, float]
+) -> None:
+    connector.connect_fail = 1.0  # the server is down
+    pool = AsyncPool(connector, max_size=5, health_check_interval=None, **option)  # type: ignore[arg-type]
+    await pool.open()
+    refused = 0
+    with anyio.move_on_after(1.0):
+        while True:
+            try:
+                if option:
+                    await pool.acquire()
+                else:
+                    pool.acquire_nowait()
+            except (PoolBusy, PoolTimeout):
+                refused += 1
+            check_invariants(pool)
+            await anyio.sleep(0.002)
+    # Waiters reconnect with reconnect_delay=0.1 doubling: ~4 attempts a second.
+    assert refused > 100
+    assert connector.connect_attempts <= 10, f"{connector.connect_attempts} connects for {refused} refusals"
+    connector.connect_fail = 0.0
+    with anyio.fail_after(10):  # and it still recovers once the server is back
+        while True:
+            try:
+                resource = pool.acquire_nowait() if not option else await pool.acquire()
+                break
+            except (PoolBusy, PoolTimeout):
+                await anyio.sleep(0.01)
+    await pool.release(resource)
+    await pool.close()
+    connector.assert_all_closed_once()

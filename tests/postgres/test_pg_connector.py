@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -550,3 +551,35 @@ async def test_a_failing_init_drops_the_connection_and_is_the_connect_error(
     finally:
         await pool.close()
     await wait_for_backends(admin, app_name, 0)
+
+
+@pytest.mark.asyncio
+async def test_init_state_the_login_role_cannot_restore_fails_loudly_not_per_lease(pg_dsn: str, admin: Any) -> None:
+    login, tuner = f"login_{uuid.uuid4().hex[:8]}", f"tuner_{uuid.uuid4().hex[:8]}"
+    await admin.execute(
+        f"CREATE ROLE {login} LOGIN NOINHERIT; CREATE ROLE {tuner}; GRANT {tuner} TO {login};"
+        f"GRANT SET ON PARAMETER log_statement TO {tuner}"
+    )
+    try:
+
+        async def init(conn: Any) -> None:
+            await conn.execute(f"SET ROLE {tuner}; SET log_statement = 'all'")
+
+        parts = urlsplit(pg_dsn)
+        dsn = urlunsplit(parts._replace(netloc=f"{login}@{parts.hostname}:{parts.port or 5432}"))
+        pool = AsyncPool(AsyncpgConnector(dsn, init=init), max_size=1, health_check_interval=None, timeout=2)
+        async with pool:
+            for _ in range(3):
+                try:
+                    async with pool.acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+                except Exception:
+                    pass
+                await asyncio.sleep(0.05)
+            stats = pool.stats()
+        # Either restored, or refused once with the reason: never a silent
+        # new connection for every lease.
+        assert stats.created <= 1 or stats.connect_errors >= 1, stats
+        assert stats.created - stats.connect_errors <= 1, stats
+    finally:
+        await admin.execute(f"REVOKE SET ON PARAMETER log_statement FROM {tuner}; DROP ROLE {login}; DROP ROLE {tuner}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -477,3 +478,66 @@ async def test_repr_shows_the_pool_and_where_it_connects(make_pool: PoolFactory)
         assert "AsyncpgConnector" in text
         assert "'orders' open" in text
         assert "1 idle" in text
+
+
+@pytest.mark.asyncio
+async def test_init_error_while_filling_to_init_size_is_raised_at_once(pg_dsn: str, admin: Any, app_name: str) -> None:
+    calls = 0
+
+    async def init(conn: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            await asyncio.sleep(0.2)  # the first two are lent to the fill by now
+            raise RuntimeError("init failed")
+
+    pool = create_pool(
+        pg_dsn, min_size=1, init_size=3, max_size=3, init=init, server_settings={"application_name": app_name}
+    )
+    with pytest.raises(RuntimeError, match="init failed"):
+        await asyncio.wait_for(pool, 3)
+    await wait_for_backends(admin, app_name, 0)
+
+
+@pytest.mark.asyncio
+async def test_create_pool_cancelled_while_filling_to_init_size_does_not_hang(
+    pg_dsn: str, admin: Any, app_name: str
+) -> None:
+    async def init(conn: Any) -> None:
+        await asyncio.sleep(0.3)
+
+    pool = create_pool(
+        pg_dsn, min_size=1, init_size=4, max_size=4, init=init, server_settings={"application_name": app_name}
+    )
+    inner = asyncio.ensure_future(asyncio.wait_for(pool, 0.5))
+    done, _ = await asyncio.wait({inner}, timeout=3)
+    assert done, "create_pool() still running 3 s after its 0.5 s wait_for"
+    with pytest.raises(asyncio.TimeoutError):
+        inner.result()
+    await wait_for_backends(admin, app_name, 0)
+
+
+@pytest.mark.asyncio
+async def test_close_from_another_loop_changes_nothing(pg_dsn: str, app_name: str) -> None:
+    pool = await create_pool(pg_dsn, min_size=2, max_size=2, server_settings={"application_name": app_name})
+    conn = await pool.acquire()
+    raised: list[BaseException] = []
+
+    def elsewhere() -> None:
+        async def close() -> None:
+            try:
+                await pool.close()
+            except BaseException as exc:
+                raised.append(exc)
+
+        asyncio.run(close())
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    while thread.is_alive():
+        await asyncio.sleep(0.02)
+    assert len(raised) == 1 and isinstance(raised[0], PoolError)
+    assert not pool.is_closing()
+    assert await conn.fetchval("SELECT 1") == 1, "the owner's connection was terminated"
+    await pool.release(conn)
+    await asyncio.wait_for(pool.close(), 5)  # the owner can still close it
