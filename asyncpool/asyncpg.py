@@ -1119,6 +1119,15 @@ def create_pool(
     elif isinstance(init_size, bool) or not isinstance(init_size, int) or not min_size <= init_size <= max_size:
         bounds = f"from min_size ({min_size}) to max_size ({max_size})"
         raise ValueError(f"init_size must be an int {bounds}, got {init_size!r}")
+    elif init_size > min_size and (
+        acquire_timeout == 0 or (isinstance(max_waiting, int) and max_waiting < init_size - min_size)
+    ):
+        # Opening grows past min_size by borrowing init_size connections at
+        # once: the ones beyond min_size wait for their connects.
+        raise ValueError(
+            f"init_size={init_size} above min_size={min_size} needs acquire_timeout > 0 and max_waiting >= "
+            f"{init_size - min_size}, got acquire_timeout={acquire_timeout!r}, max_waiting={max_waiting!r}"
+        )
     if not isinstance(max_queries, int) or max_queries < 1:
         raise ValueError(f"max_queries must be an int >= 1, got {max_queries!r}")
     if not isinstance(max_inactive_connection_lifetime, (int, float)) or max_inactive_connection_lifetime < 0:

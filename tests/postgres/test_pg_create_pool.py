@@ -68,6 +68,13 @@ async def test_init_size_opens_more_than_min_size(make_pool: PoolFactory, admin:
     for bad in (0, 5, 2.5):
         with pytest.raises(ValueError, match="init_size"):
             make_pool(min_size=1, init_size=bad, max_size=4)
+    # Growing past min_size at opening waits for connects: it needs room to wait.
+    with pytest.raises(ValueError, match="max_waiting=1"):
+        make_pool(min_size=1, init_size=3, max_size=4, max_waiting=1)
+    with pytest.raises(ValueError, match="acquire_timeout=0"):
+        make_pool(min_size=1, init_size=3, max_size=4, acquire_timeout=0)
+    async with make_pool(min_size=1, init_size=3, max_size=4, max_waiting=2) as pool:
+        assert pool.get_size() == 3
 
 
 @pytest.mark.asyncio
