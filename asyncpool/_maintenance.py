@@ -8,28 +8,17 @@ never cancels a connect: its resource joins the pool for the next one.
 from __future__ import annotations
 
 import logging
-import random
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._state import Entry
+from ._state import Entry, backoff_delay
 
 if TYPE_CHECKING:
     from ._pool import AsyncPool
 
-__all__ = ["ConnectSlot", "backoff_delay", "close_entry", "connect_worker", "health_loop", "run_health_check"]
+__all__ = ["ConnectSlot", "close_entry", "connect_worker", "health_loop", "run_health_check"]
 
 logger = logging.getLogger("asyncpool")
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with full jitter: uniform in ``[d/2, d]``.
-
-    The jitter keeps a fleet of pools that lost the same server from
-    reconnecting in lockstep when it comes back.
-    """
-    delay = min(maximum, initial * (2.0**attempt))
-    return delay * (0.5 + random.random() / 2)
 
 
 class ConnectSlot:

@@ -27,7 +27,18 @@ from ._errors import PoolClosed, PoolTimeout
 if TYPE_CHECKING:
     from ._backends import Taker, WaitQueue
 
-__all__ = ["ASSIGNED", "CHECKING", "CLOSED", "HANDED", "IDLE", "LEASED", "RETURNING", "Entry", "PoolState"]
+__all__ = [
+    "ASSIGNED",
+    "CHECKING",
+    "CLOSED",
+    "HANDED",
+    "IDLE",
+    "LEASED",
+    "RETURNING",
+    "Entry",
+    "PoolState",
+    "backoff_delay",
+]
 
 R = TypeVar("R")
 logger = logging.getLogger("asyncpool")
@@ -45,6 +56,19 @@ _STATE_NAMES = ("idle", "assigned", "leased", "returning", "checking", "closed")
 #: ``Entry.owner`` of an entry handed over to a waiter that has not run yet:
 #: lent, but not releasable by anyone until its new borrower has it.
 HANDED = object()
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with jitter: uniform in ``[d/2, d]``, ``d`` doubling
+    from ``initial`` with each ``attempt`` (counted from 0) up to ``maximum``.
+
+    The jitter keeps a fleet of pools that lost the same server from
+    reconnecting in lockstep when it comes back. The exponent is capped so
+    that a long outage cannot overflow it.
+    """
+    delay = min(maximum, initial * 2.0 ** min(attempt, 64))
+    return delay * (0.5 + random.random() / 2)
+
 
 #: Lifetimes are shortened by up to this fraction, at random, so resources
 #: created together do not all expire together.
@@ -363,7 +387,7 @@ class PoolState(Generic[R]):
             and not self.idle
             and self.size < self.cfg.max_size
             and self.connecting <= self.waiters.live
-            and (self.retry_at == -math.inf or self.now() >= self.retry_at)
+            and self.now() >= self.retry_at
         ):
             self._start_one()
 
@@ -394,9 +418,8 @@ class PoolState(Generic[R]):
         self.connect_errors += 1
         self.last_connect_error = exc
         cfg = self.cfg
-        delay = min(cfg.reconnect_max_delay, cfg.reconnect_delay * 2.0 ** min(self.connect_failures, 30))
+        self.retry_at = self.now() + backoff_delay(self.connect_failures, cfg.reconnect_delay, cfg.reconnect_max_delay)
         self.connect_failures += 1
-        self.retry_at = self.now() + delay * (0.5 + random.random() / 2)
         return self.keep_connecting()
 
     def keep_connecting(self) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolError, PoolTimeout
 from asyncpool._maintenance import run_health_check
-from asyncpool._state import ASSIGNED, CLOSED, LEASED
+from asyncpool._state import ASSIGNED, CLOSED, LEASED, backoff_delay
 
 from .fakes import FakeConnector, FakeError, FakeResource, acquire_in_task, check_invariants
 
@@ -557,3 +557,12 @@ async def test_refused_acquires_during_an_outage_reconnect_with_backoff(
     await pool.release(resource)
     await pool.close()
     connector.assert_all_closed_once()
+
+
+def test_backoff_survives_a_long_outage() -> None:
+    # Some 1,000 attempts at the 5 s cap (about 1.5 h down) overflowed the
+    # doubling and crashed the connect worker.
+    for attempt in (0, 3, 1100, 10**6):
+        delay = backoff_delay(attempt, 0.1, 5.0)
+        expected = min(5.0, 0.1 * 2.0 ** min(attempt, 10))
+        assert expected / 2 <= delay <= expected
