@@ -17,13 +17,15 @@ asyncio loop and once on uvloop. The contenders:
   what a pool that resets that way, inline, could reach with no logic of its own.
 
 At each concurrency the contenders take turns: every contender's pool is
-opened, then ``--rounds`` rounds (default 3) each run every contender once
-for ``--seconds`` (default 1), in the same order, the first round of each
-after its warm-up. Interleaving spreads slow drifts in the machine's speed
-over all contenders alike, where running them one after the other would
-penalise whichever ran during a slow spell. Each point reports operations
-per second (the median over its rounds), that figure as a ratio of the
-floor's at the same loop and concurrency, and the median and 99th
+opened, then ``--rounds`` rounds (default 5) each run every contender once
+for ``--seconds`` (default 1), each round starting one contender further
+along than the one before, the first round of each after its warm-up.
+Interleaving spreads slow drifts in the machine's speed over all
+contenders alike, where running them one after the other would penalise
+whichever ran during a slow spell. Each point reports operations per
+second (the median over its rounds), its ratio to the floor's at the same
+loop and concurrency (the median of the ratios of rounds of the same
+number, which ran seconds apart), and the median and 99th
 percentile of the time one operation took, from asking for a connection
 until it was given back (each the median of the rounds' own). The JSON
 file keeps every round's figures as well.
@@ -96,7 +98,7 @@ SERVER_WARMUP = 1.0
 
 DEFAULT_SECONDS = 1.0
 DEFAULT_WARMUP = 0.5
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 5
 QUICK_SECONDS = 0.3
 QUICK_WARMUP = 0.1
 QUICK_ROUNDS = 1
@@ -456,8 +458,8 @@ async def run_loop(
 
     At each level every contender's pool is opened, then the contenders
     take turns: ``rounds`` rounds, each running every contender once for
-    ``seconds`` in the same order, the first preceded by each contender's
-    warm-up. Interleaving spreads slow drifts in the machine's speed (other
+    ``seconds``, each round starting one contender further along, the
+    first preceded by each contender's warm-up. Interleaving spreads slow drifts in the machine's speed (other
     load, the server sharing the CPU) over all contenders alike, where
     running them one after the other would penalise whichever ran during a
     slow spell. A contender that fails is dropped for the rest of the run:
@@ -480,7 +482,10 @@ async def run_loop(
                     point.error = dropped[contender.key] = _describe(exc)
                     log(f"[{loop_name}] {contender.label}: {point.error}")
             for number in range(1, rounds + 1):
-                for contender, pool in pools:
+                # Each round starts one contender further along, so that none
+                # always runs right after the same neighbour or first.
+                shift = (number - 1) % len(pools) if pools else 0
+                for contender, pool in pools[shift:] + pools[:shift]:
                     if contender.key in dropped:
                         continue
                     point = points[contender.key, n]
@@ -609,11 +614,27 @@ def add_ratios(points: Sequence[Point]) -> None:
         floor = floors.get((point.loop, point.concurrency))
         if floor is None:
             continue
-        if floor.ops_per_s and point.ops_per_s is not None:
-            point.ratio_to_floor = point.ops_per_s / floor.ops_per_s
         for mine, base in zip(point.rounds, floor.rounds, strict=False):
             if base.ops_per_s:
                 mine.ratio_to_floor = mine.ops_per_s / base.ops_per_s
+        point.ratio_to_floor = _paired_ratio(point, floor)
+
+
+def _paired_ratio(point: Point, base: Point) -> float | None:
+    """``point``'s throughput as a ratio of ``base``'s: the median of the
+    ratios of rounds of the same number, which ran a few seconds apart.
+
+    A ratio of the two medians would compare figures from different rounds,
+    and a machine whose speed drifts between rounds moves it by more than
+    the differences measured here.
+    """
+    if point.error is not None or base.error is not None or point.ops_per_s is None or not base.ops_per_s:
+        return None
+    if len(point.rounds) != len(base.rounds) or not all(other.ops_per_s for other in base.rounds):
+        return point.ops_per_s / base.ops_per_s
+    return statistics.median(
+        mine.ops_per_s / other.ops_per_s for mine, other in zip(point.rounds, base.rounds, strict=True)
+    )
 
 
 async def server_version(dsn: str) -> str:
@@ -797,7 +818,9 @@ def caption(settings: dict[str, Any]) -> str:
         how = (
             f"Figures are medians of {rounds} interleaved rounds: at each concurrency the contenders "
             f"take turns, {seconds:g} s each, {rounds} times over, after one {warmup:g} s warm-up each; "
-            "ops/s is the median of the rounds' ops/s, p50 and p99 the medians of the rounds' p50 and p99"
+            "ops/s is the median of the rounds' ops/s, p50 and p99 the medians of the rounds' p50 and p99, "
+            "and each ratio (to the floor, and between pools in the targets) the median of the ratios "
+            "of rounds of the same number"
         )
     else:
         how = f"One {seconds:g} s round per point after a {warmup:g} s warm-up"
@@ -832,8 +855,8 @@ def targets(points: Sequence[Point]) -> str:
         speedups = []
         for n in sorted({p.concurrency for p in points}):
             full, peer = found.get((loop, "asyncpool-full", n)), found.get((loop, "asyncpg", n))
-            if full and peer and full.ops_per_s and peer.ops_per_s:
-                speedups.append((full.ops_per_s / peer.ops_per_s, n))
+            if full and peer and (speedup := _paired_ratio(full, peer)) is not None:
+                speedups.append((speedup, n))
         if speedups:
             worst, n = min(speedups)
             part = (
@@ -841,10 +864,10 @@ def targets(points: Sequence[Point]) -> str:
                 f"({n} task{'s' if n != 1 else ''}), {verdict(worst >= 1.5)}"
             )
             bound, peer = found.get((loop, "floor-full", n)), found.get((loop, "asyncpg", n))
-            if bound and peer and bound.ops_per_s and peer.ops_per_s:
+            if bound and peer and (reach := _paired_ratio(bound, peer)) is not None:
                 part += (
                     f"; there, a bare queue running the same reset query in the caller, with no pool "
-                    f"logic at all, reaches {bound.ops_per_s / peer.ops_per_s:.2f}x"
+                    f"logic at all, reaches {reach:.2f}x"
                 )
             parts.append(part)
         spreads = []
