@@ -54,11 +54,12 @@ class TrioWaitQueue:
     earlier than the one ahead of it uses a cancel scope of its own.
     """
 
-    __slots__ = ("_owner", "_queue", "_reaper", "_stopped", "_tail_deadline", "_token", "live")
+    __slots__ = ("_now", "_owner", "_queue", "_reaper", "_stopped", "_tail_deadline", "_token", "live")
 
-    def __init__(self, owner: WaitOwner, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, owner: WaitOwner, token: trio.lowlevel.TrioToken, now: Callable[[], float]) -> None:
         self._owner = owner
         self._token = token
+        self._now = now
         self._queue: deque[_Waiter] = deque()
         self._tail_deadline = -math.inf
         #: The reaper's sleeping scope; its deadline is the next expiry.
@@ -74,7 +75,7 @@ class TrioWaitQueue:
             raise PoolError("this pool belongs to another trio run; create one pool per run")
         if self._stopped:
             raise self._owner.closed_error()
-        if deadline <= trio.current_time():
+        if deadline <= self._now():
             self._owner.turned_away()
             raise self._owner.timeout_error()
         waiter = _Waiter(trio.lowlevel.current_task(), deadline)
@@ -208,8 +209,10 @@ class TrioBackend:
 
     def __init__(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-
-    now = staticmethod(trio.current_time)
+        #: The run's clock, bound once: the pool reads it twice per lease,
+        #: and ``trio.current_time()`` finds the clock anew on each call
+        #: (twice the cost). A run keeps its clock, and a pool its run.
+        self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
 
     def check_loop(self) -> None:
         try:
@@ -220,7 +223,7 @@ class TrioBackend:
             raise PoolError("this pool belongs to another trio run; create one pool per run")
 
     def wait_queue(self, owner: WaitOwner) -> TrioWaitQueue:
-        return TrioWaitQueue(owner, self._token)
+        return TrioWaitQueue(owner, self._token, self.now)
 
     def ready(self, value: object) -> None:
         return None  # every acquire is a checkpoint: no done-awaitable
