@@ -62,9 +62,12 @@ class Lease(Generic[R]):
         state = pool._state
         idle = state.idle
         waiters = state.waiters
+        # ``now`` is a clock stored in a slot: loading it, then calling it,
+        # is cheaper than ``state.now()``, which CPython cannot specialise.
+        now = state.now
         if idle and not waiters.live:
             entry = idle[-1]
-            if state.now() < entry.lend_by and (state.is_closed is None or not state.drop_if_closed(entry)):
+            if now() < entry.lend_by and (state.is_closed is None or not state.drop_if_closed(entry)):
                 idle.pop()
                 entry.state = LEASED
                 entry.owner = self
@@ -79,9 +82,9 @@ class Lease(Generic[R]):
         elif pool._opened and not state.closed and waiters.live < pool._max_waiting:
             timeout = self._timeout
             if timeout is None:
-                return waiters.wait(state.now() + pool._wait_limit, self)
+                return waiters.wait(now() + pool._wait_limit, self)
             if timeout >= 0:
-                return waiters.wait(state.now() + timeout, self)
+                return waiters.wait(now() + timeout, self)
         return self._enter()
 
     async def _enter(self) -> R:
@@ -128,7 +131,8 @@ class Lease(Generic[R]):
         # ``PoolState.checkin`` unrolled for the cases with nothing to decide:
         # the pool is open and the entry has not expired, so it goes straight
         # to the longest waiter, lent (see ``PoolState._hand_over``), or idle.
-        now = state.now()
+        clock = state.now  # see __aenter__
+        now = clock()
         if now >= entry.expires_at:
             state.checkin(entry)
             return
