@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 
 import anyio
@@ -229,6 +230,41 @@ def test_a_contended_acquire_from_another_loop_raises_pool_error_and_changes_not
         asyncio.run(second_run())
     after = pool.stats()
     assert (after.size, after.waiting) == (before.size, before.waiting), (before, after)
+
+
+def test_a_pool_whose_loop_moved_to_another_thread_still_lets_tasks_wait() -> None:
+    """The wait queue's cheap loop test (the pool's loop running on the
+    thread that opened it) fails once the loop runs on another thread; the
+    exact test must then let the wait go ahead, not raise PoolError."""
+    connector = FakeConnector()
+    pool = AsyncPool(connector, max_size=1, health_check_interval=None, timeout=5)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(pool.open())
+
+    async def contended() -> None:
+        held = await pool.acquire()
+        waiter = asyncio.ensure_future(pool.acquire())
+        while pool.stats().waiting < 1:
+            await asyncio.sleep(0)
+        await pool.release(held)
+        assert await waiter is held
+        await pool.release(held)
+        await pool.close()
+
+    errors: list[BaseException] = []
+
+    def elsewhere() -> None:
+        try:
+            loop.run_until_complete(contended())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(10)
+    loop.close()
+    assert errors == []
+    connector.assert_all_closed_once()
 
 
 @TRIO_ONLY

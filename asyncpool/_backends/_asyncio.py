@@ -20,6 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import PoolError
@@ -47,10 +48,12 @@ _Waiter = list  # [asyncio.Future[Entry], float, bool]
 class AsyncioWaitQueue:
     """A FIFO of futures; see the module docstring for the deadline timer."""
 
-    __slots__ = ("_closed", "_loop", "_owner", "_queue", "_tail_deadline", "_timer", "_timer_at", "live")
+    __slots__ = ("_closed", "_loop", "_owner", "_queue", "_tail_deadline", "_thread", "_timer", "_timer_at", "live")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: WaitOwner) -> None:
         self._loop = loop
+        #: The thread the loop runs on (made in ``open()``, on the loop).
+        self._thread = get_ident()
         self._owner = owner
         # Places that no longer count are skipped lazily, and compacted away
         # when they outnumber the live ones.
@@ -68,10 +71,17 @@ class AsyncioWaitQueue:
         if self._closed:
             raise self._owner.closed_error()
         loop = self._loop
-        if asyncio.get_running_loop() is not loop:
+        if get_ident() != self._thread or not loop.is_running():
             # Before queueing: a place (and a connect started for it) on a
-            # loop that may be closed would never be settled.
-            raise PoolError("this pool belongs to another event loop; create one pool per loop")
+            # loop that may be closed would never be settled. The test
+            # above is the cheap one: a thread runs one loop at a time, so
+            # the pool's loop running on the thread that opened the pool is
+            # the loop running here. ``get_running_loop()`` costs more
+            # (on CPython before 3.12 it makes a ``getpid`` system call),
+            # so it only settles the rare case: the loop moved threads.
+            if asyncio.get_running_loop() is not loop:
+                raise PoolError("this pool belongs to another event loop; create one pool per loop")
+            self._thread = get_ident()
         fut: _Future[Entry[Any]] = loop.create_future()
         waiter = [fut, deadline, True]
         own_timer: asyncio.TimerHandle | None = None
