@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,3 +159,20 @@ async def acquire_in_task(pool: AsyncPool[Any], timeout: float | None) -> Any:
     pool's own timeout; a number takes the general one.
     """
     return await pool.acquire(timeout=timeout)
+
+
+def raised_in_thread(fn: Callable[[], object], timeout: float = 10.0) -> BaseException | None:
+    """Run ``fn()`` in a new thread and wait for it; what it raised, if anything."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{fn!r} still running after {timeout} s"
+    return raised[0] if raised else None

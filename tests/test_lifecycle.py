@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -11,7 +10,7 @@ import pytest
 
 from asyncpool import AsyncPool, PoolClosed, PoolError, PoolTimeout
 
-from .fakes import FakeConnector, FakeError, check_invariants
+from .fakes import FakeConnector, FakeError, check_invariants, raised_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -211,21 +210,11 @@ async def test_counters_restart_at_open(connector: FakeConnector) -> None:
 
 async def _in_another_loop(fn: Callable[[], Awaitable[object]]) -> BaseException | None:
     """Run ``fn()`` under ``asyncio.run`` in another thread; what it raised."""
-    outcome: list[BaseException] = []
 
     async def main() -> None:
         await fn()
 
-    def other_thread() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=other_thread)
-    thread.start()
-    await anyio.to_thread.run_sync(thread.join)
-    return outcome[0] if outcome else None
+    return await anyio.to_thread.run_sync(raised_in_thread, lambda: asyncio.run(main()))
 
 
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import threading
 import time
 
 import anyio
@@ -15,7 +14,7 @@ from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolError, PoolTimeout
 from asyncpool._maintenance import run_health_check
 from asyncpool._state import ASSIGNED, CLOSED, LEASED, backoff_delay
 
-from .fakes import FakeConnector, FakeError, FakeResource, acquire_in_task, check_invariants
+from .fakes import FakeConnector, FakeError, FakeResource, acquire_in_task, check_invariants, raised_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -251,19 +250,9 @@ def test_a_pool_whose_loop_moved_to_another_thread_still_lets_tasks_wait() -> No
         await pool.release(held)
         await pool.close()
 
-    errors: list[BaseException] = []
-
-    def elsewhere() -> None:
-        try:
-            loop.run_until_complete(contended())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=elsewhere)
-    thread.start()
-    thread.join(10)
+    error = raised_in_thread(lambda: loop.run_until_complete(contended()))
     loop.close()
-    assert errors == []
+    assert error is None
     connector.assert_all_closed_once()
 
 
