@@ -506,6 +506,12 @@ async def test_giving_back_an_unused_resource_keeps_its_idle_age(connector: Fake
     await pool.close()
 
 
+async def _acquire_refusably(pool: AsyncPool[FakeResource], option: dict[str, float]) -> FakeResource:
+    """``acquire()`` on a pool built with ``option`` (which makes it refuse
+    rather than wait), or ``acquire_nowait()`` when ``option`` is empty."""
+    return await pool.acquire() if option else pool.acquire_nowait()
+
+
 @pytest.mark.parametrize(
     "option", [{"max_waiting": 0}, {"timeout": 0}, {}], ids=["max_waiting=0", "timeout=0", "acquire_nowait"]
 )
@@ -516,10 +522,7 @@ async def test_a_pool_nobody_may_wait_on_still_grows(connector: FakeConnector, o
     with anyio.fail_after(5):
         while True:
             try:
-                if option:
-                    resource = await pool.acquire()
-                else:
-                    resource = pool.acquire_nowait()
+                resource = await _acquire_refusably(pool, option)
                 break
             except (PoolBusy, PoolTimeout):
                 turned_away += 1
@@ -560,10 +563,7 @@ async def test_refused_acquires_during_an_outage_reconnect_with_backoff(
     with anyio.move_on_after(1.0):
         while True:
             try:
-                if option:
-                    await pool.acquire()
-                else:
-                    pool.acquire_nowait()
+                await _acquire_refusably(pool, option)
             except (PoolBusy, PoolTimeout):
                 refused += 1
             check_invariants(pool)
@@ -575,7 +575,7 @@ async def test_refused_acquires_during_an_outage_reconnect_with_backoff(
     with anyio.fail_after(10):  # and it still recovers once the server is back
         while True:
             try:
-                resource = pool.acquire_nowait() if not option else await pool.acquire()
+                resource = await _acquire_refusably(pool, option)
                 break
             except (PoolBusy, PoolTimeout):
                 await anyio.sleep(0.01)

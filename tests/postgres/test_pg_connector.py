@@ -4,10 +4,11 @@ policies, cancellation mid-query, and backends that die."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,22 @@ if TYPE_CHECKING:
 
     Admin: TypeAlias = asyncpg.Connection[Any]
 MakeConnector = Callable[..., AsyncpgConnector]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@contextlib.asynccontextmanager
+async def _temporary_role(admin: Admin, name: str) -> AsyncIterator[None]:
+    """A NOLOGIN role named ``name`` (any characters) for the block's duration."""
+    quoted = _quoted(name)
+    await admin.execute(f"CREATE ROLE {quoted} NOLOGIN")
+    try:
+        yield
+    finally:
+        await admin.execute(f"DROP ROLE {quoted}")
+
 
 #: What a caller may see when the server side of its connection goes away.
 CONNECTION_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -163,8 +180,7 @@ async def test_a_reset_on_a_server_that_stopped_answering_is_bounded(pg_dsn: str
 @pytest.mark.asyncio
 async def test_default_reset_leaves_no_session_state_behind(make_connector: MakeConnector, admin: Admin) -> None:
     role = f"asyncpool_role_{random.randrange(1 << 30)}"
-    await admin.execute(f"CREATE ROLE {role} NOLOGIN")
-    try:
+    async with _temporary_role(admin, role):
         async with AsyncPool(make_connector(), max_size=1) as pool:
             async with pool.acquire() as conn:
                 pid = conn.get_server_pid()
@@ -194,15 +210,12 @@ async def test_default_reset_leaves_no_session_state_behind(make_connector: Make
             assert held == 0
             assert await admin.fetchval("SELECT pg_try_advisory_lock(424242)")
             await admin.execute("SELECT pg_advisory_unlock(424242)")
-    finally:
-        await admin.execute(f"DROP ROLE {role}")
 
 
 @pytest.mark.asyncio
 async def test_full_reset_undoes_set_session_authorization(make_connector: MakeConnector, admin: Admin) -> None:
     role = f"asyncpool_auth_{random.randrange(1 << 30)}"
-    await admin.execute(f"CREATE ROLE {role} NOLOGIN")
-    try:
+    async with _temporary_role(admin, role):
         async with AsyncPool(make_connector(), max_size=1) as pool:
             async with pool.acquire() as conn:
                 login = await conn.fetchval("SELECT session_user")
@@ -211,8 +224,6 @@ async def test_full_reset_undoes_set_session_authorization(make_connector: MakeC
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT session_user") == login
                 assert await conn.fetchval("SELECT current_user") == login
-    finally:
-        await admin.execute(f"DROP ROLE {role}")
 
 
 @pytest.mark.asyncio
@@ -223,14 +234,12 @@ async def test_full_reset_keeps_the_role_set_in_init_but_not_the_borrowers(
     # A name that needs quoting, so the restoring SET ROLE must quote it.
     init_role = f'asyncpool Init"Role {suffix}'
     other_role = f"asyncpool_other_{suffix}"
-    await admin.execute(f'CREATE ROLE "{init_role.replace(chr(34), chr(34) * 2)}" NOLOGIN')
-    await admin.execute(f"CREATE ROLE {other_role} NOLOGIN")
-    quoted = '"' + init_role.replace('"', '""') + '"'
+    quoted = _quoted(init_role)
 
     async def init(conn: asyncpg.Connection[Any]) -> None:
         await conn.execute(f"SET ROLE {quoted}")
 
-    try:
+    async with _temporary_role(admin, init_role), _temporary_role(admin, other_role):
         async with AsyncPool(make_connector(init=init), max_size=1) as pool:
             async with pool.acquire() as conn:
                 pid = conn.get_server_pid()
@@ -248,9 +257,6 @@ async def test_full_reset_keeps_the_role_set_in_init_but_not_the_borrowers(
                 assert conn.get_server_pid() == pid  # the same session each time
                 assert await conn.fetchval("SELECT session_user") == login
                 assert await conn.fetchval("SELECT current_user") == init_role
-    finally:
-        await admin.execute(f"DROP ROLE {quoted}")
-        await admin.execute(f"DROP ROLE {other_role}")
 
 
 @pytest.mark.asyncio
@@ -258,12 +264,11 @@ async def test_full_reset_keeps_the_session_authorization_set_in_init(
     make_connector: MakeConnector, admin: Admin
 ) -> None:
     role = f"asyncpool_sessauth_{random.randrange(1 << 30)}"
-    await admin.execute(f"CREATE ROLE {role} NOLOGIN")
 
     async def init(conn: asyncpg.Connection[Any]) -> None:
         await conn.execute(f"SET SESSION AUTHORIZATION {role}")
 
-    try:
+    async with _temporary_role(admin, role):
         async with AsyncPool(make_connector(init=init), max_size=1) as pool:
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT session_user") == role
@@ -274,8 +279,6 @@ async def test_full_reset_keeps_the_session_authorization_set_in_init(
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT session_user") == role
                 assert await conn.fetchval("SELECT current_user") == role
-    finally:
-        await admin.execute(f"DROP ROLE {role}")
 
 
 @pytest.mark.asyncio
