@@ -22,7 +22,7 @@ from ._connector import Connector, as_connector
 from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
 from ._lease import Lease
 from ._maintenance import ConnectSlot, check_entry, close_entry, connect_worker, health_loop, return_in_background
-from ._state import CHECKING, CLOSED, HANDED, LEASED, RETURNING, Entry, PoolState
+from ._state import CHECKING, CLOCK_TICK, CLOSED, HANDED, LEASED, RETURNING, Entry, PoolState
 from ._stats import PoolStats
 
 __all__ = ["AsyncPool"]
@@ -113,6 +113,7 @@ class AsyncPool(Generic[R]):
         self._backend: Backend = None  # type: ignore[assignment]  # set by open()
         self._opened = False
         self._maintenance: TaskHandle | None = None
+        self._ticks: TaskHandle | None = None
         self._connects: dict[ConnectSlot, TaskHandle] = {}
         self._pending_closes = 0
         self._drained: Any = None
@@ -225,6 +226,7 @@ class AsyncPool(Generic[R]):
         st.start_connect = self._start_connect
         st.start_close = self._start_close
         st.start_check = self._start_check
+        st.start_clock = self._start_clock
         st.on_change = self._on_change
         st.make_ready = backend.ready
         st.reset_counters()
@@ -245,6 +247,9 @@ class AsyncPool(Generic[R]):
         handle = self._backend.spawn(connect_worker, self, slot, on_done=lambda: self._connect_done(slot))
         if not slot.settled:
             self._connects[slot] = handle
+
+    def _start_clock(self) -> None:
+        self._ticks = self._backend.repeat(CLOCK_TICK, self._state.tick)
 
     def _connect_done(self, slot: ConnectSlot) -> None:
         self._connects.pop(slot, None)
@@ -587,6 +592,8 @@ class AsyncPool(Generic[R]):
             st.begin_close()
             if self._maintenance is not None:
                 self._maintenance.cancel()
+            if self._ticks is not None:
+                self._ticks.cancel()
             for handle in list(self._connects.values()):
                 handle.cancel()
             self._on_change()

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from asyncpool import AsyncPool, PoolBusy, PoolClosed, PoolTimeout
+from asyncpool._state import CLOCK_TICK
 
 from .fakes import FakeConnector, FakeError, check_invariants
 
@@ -43,8 +44,14 @@ def _unreliable_connector(seed: int, *, connect_fail: float, connect_hang: float
     return connector
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "validate_after"),
+    # A window of a few ticks puts the leases on the coarse clock's fast
+    # paths; the short one keeps every lend on the precise slow path.
+    [(1, 0.005), (2, 0.005), (3, 0.005), (4, 4 * CLOCK_TICK), (5, 4 * CLOCK_TICK)],
+    ids=["precise-1", "precise-2", "precise-3", "coarse-4", "coarse-5"],
+)
+async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int, validate_after: float) -> None:
     rng = random.Random(seed)
     connector = _unreliable_connector(seed, connect_fail=0.15, connect_hang=0.03)
     pool = AsyncPool(
@@ -55,7 +62,7 @@ async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int)
         health_check_interval=0.02,
         max_lifetime=0.3,
         max_idle=0.1,
-        **_QUICK,
+        **{**_QUICK, "validate_after": validate_after},
     )
     await pool.open()
     outcomes = {"ok": 0, "timeout": 0, "busy": 0, "cancelled": 0, "error": 0}

@@ -2,8 +2,8 @@
 
 The pool never asks which library it runs on: at ``open()`` it picks a
 backend here and from then on only talks to that object. A backend provides
-a FIFO :class:`WaitQueue` with per-waiter deadlines, background tasks, sleep,
-a clock, an event and a timeout wrapper.
+a FIFO :class:`WaitQueue` with per-waiter deadlines, background tasks, a
+repeating timer, sleep, a clock, an event and a timeout wrapper.
 """
 
 from __future__ import annotations
@@ -131,6 +131,11 @@ class Backend(Protocol):
         even when it was cancelled before its first step (asyncio then never
         runs the coroutine at all, so its own ``finally`` would not run).
         """
+        ...
+
+    def repeat(self, interval: float, fn: Callable[[], bool]) -> TaskHandle:
+        """Call ``fn()`` every ``interval`` seconds, from the loop, until it
+        returns ``False`` or the handle is cancelled (``PoolState.tick``)."""
         ...
 
     async def sleep(self, seconds: float) -> None: ...

@@ -223,6 +223,27 @@ class _TaskHandle:
         self._task.cancel()
 
 
+class _Repeat:
+    """A chain of ``call_later`` timers: cheaper than a task that sleeps,
+    and nothing is left pending on the loop once it stops."""
+
+    __slots__ = ("_fn", "_handle", "_interval", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, fn: Callable[[], bool]) -> None:
+        self._loop = loop
+        self._interval = interval
+        self._fn = fn
+        self._handle: asyncio.TimerHandle | None = loop.call_later(interval, self._run)
+
+    def _run(self) -> None:
+        self._handle = self._loop.call_later(self._interval, self._run) if self._fn() else None
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class AsyncioBackend:
     """asyncio (and uvloop, and anything else implementing its loop API)."""
 
@@ -269,6 +290,9 @@ class AsyncioBackend:
         if on_done is not None:
             task.add_done_callback(lambda _task: on_done())
         return _TaskHandle(task)
+
+    def repeat(self, interval: float, fn: Callable[[], bool]) -> _Repeat:
+        return _Repeat(self.loop, interval, fn)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

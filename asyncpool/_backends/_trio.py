@@ -247,6 +247,15 @@ class TrioBackend:
         trio.lowlevel.spawn_system_task(run)
         return handle
 
+    def repeat(self, interval: float, fn: Callable[[], bool]) -> _TaskHandle:
+        async def run() -> None:
+            while True:
+                await trio.sleep(interval)
+                if not fn():
+                    return
+
+        return self.spawn(run)
+
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
 
