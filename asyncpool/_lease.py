@@ -49,24 +49,26 @@ class Lease(Generic[R]):
         #
         # - uncontended: ``PoolState.checkout`` unrolled for the case that
         #   needs no decision. Nobody is queued ahead, the warmest idle entry
-        #   is neither expired nor due for validation (``Entry.lend_by``, on
-        #   the coarse clock: an attribute, not a clock call) and the
-        #   connector's local ``is_closed`` check, if any, passes. The
+        #   is neither expired nor due for validation (``Entry.lend_by``) and
+        #   the connector's local ``is_closed`` check, if any, passes. The
         #   awaitable returned is the entry's ``ready`` (on asyncio a done
         #   future holding the resource), which does not suspend.
         # - contended: queue up at once; the wait queue binds the entry it is
         #   handed (lent already, see ``PoolState._hand_over``) to this lease.
         #
-        # Anything else (not open yet, closed, validation due, the coarse
-        # clock off, backpressure, a bad timeout) goes through ``_enter`` and
-        # the slow path.
+        # Anything else (not open yet, closed, validation due, backpressure,
+        # a bad timeout) goes through ``_enter`` and the slow path.
         pool = self._pool
         state = pool._state
         idle = state.idle
         waiters = state.waiters
+        # ``now`` is a clock stored in a slot: loading it, then calling it,
+        # is cheaper than ``state.now()``, which CPython cannot specialise.
+        # The precise clock: whether to validate is decided here.
+        now = state.now
         if idle and not waiters.live:
             entry = idle[-1]
-            if state.coarse < entry.lend_by and (state.is_closed is None or not state.drop_if_closed(entry)):
+            if now() < entry.lend_by and (state.is_closed is None or not state.drop_if_closed(entry)):
                 idle.pop()
                 entry.state = LEASED
                 entry.owner = self
@@ -79,11 +81,6 @@ class Lease(Generic[R]):
                 # checkpoint, as the library's conventions ask.
                 return pool._checkpoint_lent(entry)
         elif pool._opened and not state.closed and waiters.live < pool._max_waiting:
-            # Deadlines are on the precise clock: a timer enforces them.
-            # ``now`` is a clock stored in a slot: loading it, then calling
-            # it, is cheaper than ``state.now()``, which CPython cannot
-            # specialise.
-            now = state.now
             timeout = self._timeout
             if timeout is None:
                 return waiters.wait(now() + pool._wait_limit, self)
@@ -135,8 +132,10 @@ class Lease(Generic[R]):
         # ``PoolState.checkin`` unrolled for the cases with nothing to decide:
         # the pool is open and the entry has not expired, so it goes straight
         # to the longest waiter, lent (see ``PoolState._hand_over``), or idle.
-        # Times are on the coarse clock (``math.inf`` while it is off, which
-        # sends this to ``checkin`` and the precise one).
+        # Stamped with the coarse clock (see ``PoolState.coarse``), which is
+        # never ahead of the clock: the entry can only look idle for longer
+        # than it is. ``math.inf`` while the ticks are off sends this to
+        # ``checkin`` and the precise clock.
         now = state.coarse
         if now >= entry.expires_at:
             state.checkin(entry)
@@ -149,7 +148,7 @@ class Lease(Generic[R]):
             if waiters.hand_over(entry):
                 state.acquired += 1
                 return
-        lend_by = now + state.fresh_window
+        lend_by = now + state.validate_window
         if lend_by > entry.expires_at:
             lend_by = entry.expires_at
         entry.idle_since = now

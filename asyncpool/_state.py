@@ -11,13 +11,13 @@ Accounting, true at every instant::
 
     size == len(idle) + in_use + checking + connecting <= max_size
 
-Time on the hot paths is ``PoolState.coarse``, a reading of the clock that a
-timer refreshes every ``CLOCK_TICK`` seconds while the pool is busy: lending
-an idle resource and taking one back each read an attribute instead of
-calling the clock, which was a sixth of an uncontended lease. Every decision
-made on it is conservative (a resource may be validated up to one tick
-early, never late while the event loop keeps time), and while the pool is
-idle the timer stops and the hot paths fall back to the precise clock.
+Taking a resource back is stamped with ``PoolState.coarse``, a reading of
+the clock that a timer refreshes every ``CLOCK_TICK`` seconds while leases
+happen, rather than with a clock call (which was a twelfth of an uncontended
+lease). The stamp is never later than the truth, so a resource can only look
+idle for longer than it is: it may be validated up to a tick (or a late
+timer) early, never late, since lending compares it with the precise clock.
+While the pool is idle the timer stops and taking back uses the clock too.
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
 
 
 #: How often the coarse clock (``PoolState.coarse``) is refreshed while the
-#: pool is busy, in seconds. A tick costs a timer callback, about 20 a
-#: second; a lease read the clock twice, up to hundreds of thousands.
-CLOCK_TICK = 0.05
+#: pool is busy, in seconds: a timer callback 50 times a second, against a
+#: clock call on each of up to hundreds of thousands of releases.
+CLOCK_TICK = 0.02
 
 #: Lifetimes are shortened by up to this fraction, at random, so resources
 #: created together do not all expire together.
@@ -114,9 +114,8 @@ class Entry(Generic[R]):
         #: When it was last known to work (created, reset or validated).
         self.last_ok = now
         self.idle_since = now
-        #: While idle: until when (on the coarse clock) it may be lent without
-        #: being validated (nor retired for its age); one comparison on the
-        #: hot path.
+        #: While idle: until when it may be lent without being validated (nor
+        #: retired for its age); one comparison on the hot path.
         self.lend_by = -math.inf
         #: Awaited by ``async with`` to lend it without a checkpoint (see
         #: ``Backend.ready``); set when it joins an open pool.
@@ -151,7 +150,6 @@ class PoolState(Generic[R]):
         "created",
         "destroyed",
         "entries",
-        "fresh_window",
         "health_failures",
         "idle",
         "is_closed",
@@ -179,15 +177,13 @@ class PoolState(Generic[R]):
         #: Idle time after which an entry is validated before lending.
         self.validate_window = math.inf if config.validate_after is None else config.validate_after
         #: The clock as of the last tick, never ahead of it; ``math.inf``
-        #: while the ticks are off, which sends both hot paths to the
+        #: while the ticks are off, which sends the release path to the
         #: precise clock (and, through ``clock()``, turns the ticks back on).
         self.coarse = math.inf
-        #: ``validate_window`` less a tick: measured on ``coarse``, which lags
-        #: the clock by up to a tick, an idle time below it is below
-        #: ``validate_window`` on the clock.
-        self.fresh_window = self.validate_window - CLOCK_TICK
-        #: A window under two ticks is kept on the precise clock alone.
-        self.clock_enabled = self.validate_window >= 2 * CLOCK_TICK
+        #: Stamps lag by a tick, more on a busy loop whose timers run late.
+        #: Under ten ticks of window that would validate too many resources
+        #: early: the ticks stay off and stamps precise.
+        self.clock_enabled = self.validate_window >= 10 * CLOCK_TICK
         #: ``acquired`` at the last tick: no lend since means the pool is idle.
         self.clock_mark = 0
         self.idle: deque[Entry[R]] = deque()
@@ -240,14 +236,21 @@ class PoolState(Generic[R]):
         """Read the precise clock, and turn the coarse one back on if it is off.
 
         Called where the hot paths fall back to (``checkout``, ``checkin``):
-        the first lease after an idle spell takes the slow path and restarts
-        the ticks, and the leases after it take the fast one again.
+        the first release after an idle spell takes the slow path and
+        restarts the ticks, and the ones after it take the fast one again.
+        Never raises for the ticks: a timer that cannot start (a call from
+        another thread, a closed loop) leaves them off, and the precise clock
+        in use, rather than ``coarse`` frozen.
         """
         now = self.now()
         if self.coarse == math.inf and self.clock_enabled and not self.closed:
+            try:
+                self.start_clock()
+            except Exception:
+                logger.debug("the coarse clock could not start; using the precise one", exc_info=True)
+                return now
             self.coarse = now
             self.clock_mark = self.acquired
-            self.start_clock()
         return now
 
     def tick(self) -> bool:
@@ -396,12 +399,11 @@ class PoolState(Generic[R]):
         self.idle.append(entry)
 
     def _lend_by(self, entry: Entry[R]) -> float:
-        """Until when, on the coarse clock, an idle ``entry`` may be lent
-        unchecked (``Entry.lend_by``; ``Lease.__aexit__`` computes it
-        inline). A suspect one never may."""
+        """Until when an idle ``entry`` may be lent unchecked (``Entry.lend_by``;
+        ``Lease.__aexit__`` computes it inline). A suspect one never may."""
         if entry.suspect:
             return -math.inf
-        return min(entry.last_ok + self.fresh_window, entry.expires_at)
+        return min(entry.last_ok + self.validate_window, entry.expires_at)
 
     def _hand_over(self, entry: Entry[R]) -> bool:
         """Give ``entry`` to the longest waiter, if one is still waiting.

@@ -48,7 +48,7 @@ def _unreliable_connector(seed: int, *, connect_fail: float, connect_hang: float
     ("seed", "validate_after"),
     # A window of a few ticks puts the leases on the coarse clock's fast
     # paths; the short one keeps every lend on the precise slow path.
-    [(1, 0.005), (2, 0.005), (3, 0.005), (4, 4 * CLOCK_TICK), (5, 4 * CLOCK_TICK)],
+    [(1, 0.005), (2, 0.005), (3, 0.005), (4, 10 * CLOCK_TICK), (5, 10 * CLOCK_TICK)],
     ids=["precise-1", "precise-2", "precise-3", "coarse-4", "coarse-5"],
 )
 async def test_random_cancels_failures_and_hangs_leave_the_pool_whole(seed: int, validate_after: float) -> None:
