@@ -76,6 +76,8 @@ class FakeConnector:
         self.created: list[FakeResource] = []
         self.connect_attempts = 0
         self.validations = 0
+        #: The resources validated, in order.
+        self.validated: list[FakeResource] = []
         self._ids = itertools.count(1)
         #: Set while a connect is in progress (tests wait on these).
         self.connecting = 0
@@ -111,6 +113,7 @@ class FakeConnector:
 
     async def validate(self, resource: FakeResource) -> bool:
         self.validations += 1
+        self.validated.append(resource)
         await self._pause(self.validate_delay, self.validate_hang)
         if self._roll(self.validate_fail):
             raise FakeError("ping failed")
