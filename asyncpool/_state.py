@@ -114,8 +114,8 @@ class Entry(Generic[R]):
         #: When it was last known to work (created, reset or validated).
         self.last_ok = now
         self.idle_since = now
-        #: While idle: until when it may be lent without being validated (nor
-        #: retired for its age); one comparison on the hot path.
+        #: While idle: until when it may be lent without being validated
+        #: (nor retired for its age); one comparison on the hot path.
         self.lend_by = -math.inf
         #: Awaited by ``async with`` to lend it without a checkpoint (see
         #: ``Backend.ready``); set when it joins an open pool.

@@ -75,7 +75,6 @@ class FakeConnector:
         self.random = random.Random(seed)
         self.created: list[FakeResource] = []
         self.connect_attempts = 0
-        self.validations = 0
         #: The resources validated, in order.
         self.validated: list[FakeResource] = []
         self._ids = itertools.count(1)
@@ -112,7 +111,6 @@ class FakeConnector:
             await anyio.sleep(self.close_delay)
 
     async def validate(self, resource: FakeResource) -> bool:
-        self.validations += 1
         self.validated.append(resource)
         await self._pause(self.validate_delay, self.validate_hang)
         if self._roll(self.validate_fail):
@@ -127,6 +125,10 @@ class FakeConnector:
         resource.session.clear()
 
     # -- what the tests assert ------------------------------------------------
+
+    @property
+    def validations(self) -> int:
+        return len(self.validated)
 
     def live(self) -> list[FakeResource]:
         return [r for r in self.created if r.close_count == 0]

@@ -197,5 +197,5 @@ def test_a_jump_of_trios_mock_clock_is_seen_by_the_next_lease() -> None:
             assert connector.validations == 1, "idle 10 s on the run's clock, lent unvalidated"
 
     for _ in range(20):  # trio runs woken tasks in random order
-        connector.validations = 0
+        connector.validated.clear()
         trio.run(main, clock=clock)

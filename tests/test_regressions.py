@@ -333,7 +333,7 @@ async def test_a_finished_background_check_does_not_retire_an_entry_a_later_heal
 
     class Gated(FakeConnector):
         async def validate(self, resource: FakeResource) -> bool:
-            self.validations += 1
+            self.validated.append(resource)
             await gates[-1]
             return True
 

@@ -46,8 +46,8 @@ def _unreliable_connector(seed: int, *, connect_fail: float, connect_hang: float
 
 @pytest.mark.parametrize(
     ("seed", "validate_after"),
-    # A window of a few ticks puts the leases on the coarse clock's fast
-    # paths; the short one keeps every lend on the precise slow path.
+    # A window of ten ticks stamps releases with the coarse clock; the short
+    # one keeps every stamp on the precise clock.
     [(1, 0.005), (2, 0.005), (3, 0.005), (4, 10 * CLOCK_TICK), (5, 10 * CLOCK_TICK)],
     ids=["precise-1", "precise-2", "precise-3", "coarse-4", "coarse-5"],
 )
