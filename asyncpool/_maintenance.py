@@ -112,7 +112,7 @@ async def run_health_check(pool: AsyncPool[Any]) -> None:
 
 
 async def check_entry(pool: AsyncPool[Any], entry: Entry[Any]) -> None:
-    """Validate a CHECKING entry, bounded by ``cleanup_timeout``; it is
+    """Validate a CLEANING entry, bounded by ``cleanup_timeout``; it is
     handed over or kept if healthy, retired (and replaced) if not."""
     state = pool._state
     backend = pool._backend

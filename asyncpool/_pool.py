@@ -22,7 +22,7 @@ from ._connector import Connector, as_connector
 from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
 from ._lease import Lease
 from ._maintenance import ConnectSlot, check_entry, close_entry, connect_worker, health_loop, return_in_background
-from ._state import CHECKING, CLOCK_TICK, CLOSED, HANDED, LEASED, RETURNING, Entry, PoolState
+from ._state import CLEANING, CLOCK_TICK, CLOSED, HANDED, LEASED, RETURNING, Entry, PoolState
 from ._stats import PoolStats
 
 __all__ = ["AsyncPool"]
@@ -115,7 +115,6 @@ class AsyncPool(Generic[R]):
         self._maintenance: TaskHandle | None = None
         self._ticks: TaskHandle | None = None
         self._connects: dict[ConnectSlot, TaskHandle] = {}
-        self._pending_closes = 0
         self._drained: Any = None
         self._filled: Any = None
 
@@ -146,6 +145,8 @@ class AsyncPool(Generic[R]):
             size=st.size,
             idle=len(st.idle),
             in_use=st.in_use,
+            connecting=st.connecting,
+            cleaning=st.cleaning,
             waiting=st.waiters.live,
             min_size=self._config.min_size,
             max_size=self._config.max_size,
@@ -163,7 +164,8 @@ class AsyncPool(Generic[R]):
         status = "closed" if st.closed else ("open" if self._opened else "not open")
         return (
             f"<AsyncPool{self._label} {status} [resources: {st.in_use} in use, {len(st.idle)} idle, "
-            f"{st.connecting} connecting, {st.size}/{self._config.max_size} | waiting: {st.waiters.live}]>"
+            f"{st.connecting} connecting, {st.cleaning} cleaning, {st.size}/{self._config.max_size} "
+            f"| waiting: {st.waiters.live}]>"
         )
 
     # -- opening ---------------------------------------------------------------
@@ -197,8 +199,7 @@ class AsyncPool(Generic[R]):
             await self._backend.call_with_timeout(limit, self._wait_filled)
         except TimeoutError:
             exc = PoolTimeout(
-                f"pool{self._label} did not reach min_size={self._config.min_size} within {limit} s "
-                f"({st.size - st.connecting} created)"
+                f"pool{self._label} did not reach min_size={self._config.min_size} within {limit} s ({st.live} created)"
             )
             raise exc from st.last_connect_error
         if st.closed:
@@ -206,7 +207,7 @@ class AsyncPool(Generic[R]):
 
     async def _wait_filled(self) -> None:
         st = self._state
-        while not st.closed and st.size - st.connecting < self._config.min_size:
+        while not st.closed and st.live < self._config.min_size:
             # One event shared by every concurrent ``open(wait=True)``.
             if self._filled is None or self._filled.is_set():
                 self._filled = self._backend.event()
@@ -263,33 +264,30 @@ class AsyncPool(Generic[R]):
         self._backend.spawn(check_entry, self, entry, on_done=lambda: self._check_done(entry, token))
 
     def _check_done(self, entry: Entry[R], token: object) -> None:
-        if entry.state == CHECKING and entry.owner is token:
+        if entry.state == CLEANING and entry.owner is token:
             # The check never ran (cancelled before its first step, at loop
             # shutdown): the entry is still unproven.
             self._state.discard(entry)
 
     def _start_close(self, entry: Entry[R]) -> None:
-        self._pending_closes += 1
-        self._backend.spawn(close_entry, self, entry, on_done=self._close_finished)
+        # ``on_done`` also runs for a close cancelled before its first step:
+        # the place is given back exactly once either way.
+        self._backend.spawn(close_entry, self, entry, on_done=self._state.close_done)
 
     def _return_done(self, entry: Entry[R], token: object) -> None:
         # ``token`` tells this release from a later one: by the time this
         # callback runs, the entry may already have been lent and released
         # again, and that newer clean-up must not be cut short.
-        if entry.state == RETURNING and entry.owner is token:
+        if entry.state == CLEANING and entry.owner is token:
             # The background clean-up never ran (cancelled before its first
             # step, at loop shutdown): the resource cannot be trusted.
             self._state.discard(entry)
 
-    def _close_finished(self) -> None:
-        self._pending_closes -= 1
-        self._on_change()
-
     def _on_change(self) -> None:
         st = self._state
-        if self._filled is not None and (st.closed or st.size - st.connecting >= self._config.min_size):
+        if self._filled is not None and (st.closed or st.live >= self._config.min_size):
             self._filled.set()
-        if self._drained is not None and st.size == 0 and self._pending_closes == 0:
+        if self._drained is not None and st.size == 0:
             self._drained.set()
 
     # -- acquiring -------------------------------------------------------------
@@ -495,7 +493,8 @@ class AsyncPool(Generic[R]):
         clean-up under ``cleanup_timeout`` even when not suspect (background
         clean-up, where no caller can cancel a hung reset)."""
         st = self._state
-        entry.state = RETURNING
+        if entry.state == LEASED:  # else CLEANING: a background clean-up
+            entry.state = RETURNING
         entry.suspect = suspect
         backend = self._backend
         try:
@@ -561,9 +560,9 @@ class AsyncPool(Generic[R]):
 
     def _return_later(self, entry: Entry[R], suspect: bool) -> None:
         """Hand a released entry to a background task for its clean-up."""
-        entry.state = RETURNING
         entry.suspect = suspect
-        entry.owner = token = object()
+        token = object()
+        self._state.clean_in_background(entry, token)
         self._backend.spawn(return_in_background, self, entry, on_done=lambda: self._return_done(entry, token))
 
     # -- closing ---------------------------------------------------------------

@@ -9,7 +9,14 @@ is started through two synchronous hooks that spawn background tasks.
 
 Accounting, true at every instant::
 
-    size == len(idle) + in_use + checking + connecting <= max_size
+    size == len(idle) + in_use + connecting + cleaning <= max_size
+
+``in_use`` counts what callers hold (lent, or being released by the caller
+itself); ``cleaning`` what the pool itself works on: validations, resets
+after a cancelled or background release, and closes that have not finished.
+A resource being closed still exists (a server still holds its session), so
+it counts in ``size`` until its close is done, and is not replaced past
+``max_size`` before then.
 
 Taking a resource back is stamped with ``PoolState.coarse``, a reading of
 the clock that a timer refreshes every ``CLOCK_TICK`` seconds while leases
@@ -37,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSIGNED",
-    "CHECKING",
+    "CLEANING",
     "CLOCK_TICK",
     "CLOSED",
     "HANDED",
@@ -52,15 +59,16 @@ __all__ = [
 R = TypeVar("R")
 logger = logging.getLogger("asyncpool")
 
-# Where an entry is. ``in_use`` counts ASSIGNED, LEASED and RETURNING.
+# Where an entry is. ``in_use`` counts LEASED and RETURNING; ``cleaning``
+# counts CLEANING, and CLOSED entries whose close has not finished.
 IDLE = 0  #: in ``idle``, ready to lend
-ASSIGNED = 1  #: taken for one acquirer, not yet lent (being validated, or handed over)
+ASSIGNED = 1  #: in the middle of a synchronous decision; never seen across an await
 LEASED = 2  #: lent to a caller
-RETURNING = 3  #: released, being reset
-CHECKING = 4  #: taken out of ``idle`` by the health check
+RETURNING = 3  #: its caller is releasing it (reset in the caller's own task)
+CLEANING = 4  #: the pool works on it: validation, or a reset in the background
 CLOSED = 5  #: gone for good (its close() runs or ran)
 
-_STATE_NAMES = ("idle", "assigned", "leased", "returning", "checking", "closed")
+_STATE_NAMES = ("idle", "assigned", "leased", "returning", "cleaning", "closed")
 
 #: ``Entry.owner`` of an entry handed over to a waiter that has not run yet:
 #: lent, but not releasable by anyone until its new borrower has it.
@@ -139,10 +147,11 @@ class PoolState(Generic[R]):
     __slots__ = (
         "acquired",
         "cfg",
-        "checking",
+        "cleaning",
         "clock_enabled",
         "clock_mark",
         "closed",
+        "closing",
         "coarse",
         "connect_errors",
         "connect_failures",
@@ -191,8 +200,11 @@ class PoolState(Generic[R]):
         #: find it; plus lent ones that ``close()`` destroyed under their
         #: borrower, until they are released.
         self.entries: dict[int, Entry[R]] = {}
+        #: Everything that exists: idle, in use, connecting and cleaning.
         self.size = 0
-        self.checking = 0
+        #: CLEANING entries plus the closes in flight (``closing``).
+        self.cleaning = 0
+        self.closing = 0
         self.connecting = 0
         self.closed = False
         #: Set while the latest connect attempt failed.
@@ -223,12 +235,18 @@ class PoolState(Generic[R]):
 
     @property
     def in_use(self) -> int:
-        """Entries lent, or assigned to an acquirer, or being reset.
+        """Entries held by callers: lent, or being released by the caller.
 
-        Derived rather than counted, so the hot path has one counter less to
-        keep right.
+        Derived rather than counted, so the hot path (lend, inline release)
+        has no counter to keep right.
         """
-        return self.size - len(self.idle) - self.checking - self.connecting
+        return self.size - len(self.idle) - self.cleaning - self.connecting
+
+    @property
+    def live(self) -> int:
+        """Resources that exist and are not being closed: what ``min_size``
+        is about."""
+        return self.size - self.closing - self.connecting
 
     # -- the coarse clock ----------------------------------------------------
 
@@ -271,9 +289,11 @@ class PoolState(Generic[R]):
     def checkout(self) -> Entry[R] | None:
         """Take the warmest idle entry, or ``None``.
 
-        The entry comes back LEASED when it can be lent at once, or ASSIGNED
-        with ``suspect`` set when it must be validated first. Expired entries
-        and ones the connector knows are closed are retired on the way.
+        The entry comes back LEASED when it can be lent at once, or CLEANING
+        with ``suspect`` set when it must be validated first (the caller
+        then validates it and ``lend``s it, or ``give_back``s it). Expired
+        entries and ones the connector knows are closed are retired on the
+        way.
         """
         idle = self.idle
         if not idle:
@@ -287,7 +307,8 @@ class PoolState(Generic[R]):
                 self.discard(entry)
                 continue
             if now - entry.last_ok > validate_window:
-                entry.state = ASSIGNED
+                entry.state = CLEANING
+                self.cleaning += 1
                 entry.suspect = True
                 return entry
             entry.state = LEASED
@@ -317,17 +338,18 @@ class PoolState(Generic[R]):
         return dead
 
     def lend(self, entry: Entry[R]) -> None:
-        """An ASSIGNED entry goes to its acquirer."""
+        """An entry its acquirer validated (CLEANING) goes to that acquirer."""
         if self.closed:
             self.discard(entry)
             raise PoolClosed("the pool was closed")
+        self.cleaning -= 1
         entry.state = LEASED
         entry.suspect = False
         entry.owner = None
         self.acquired += 1
 
     def validated(self, entry: Entry[R], ok: bool) -> None:
-        """Outcome of validating an ASSIGNED entry."""
+        """Outcome of an acquirer validating the CLEANING ``entry`` it took."""
         if ok:
             entry.last_ok = self.now()
             entry.suspect = False
@@ -336,11 +358,15 @@ class PoolState(Generic[R]):
             self.discard(entry)
 
     def checkin(self, entry: Entry[R]) -> None:
-        """A RETURNING entry was reset: lend it on, keep it, or retire it."""
+        """A released entry was reset (RETURNING in its caller, CLEANING in
+        the background): lend it on, keep it, or retire it."""
         if entry.state == CLOSED:
             # close() destroyed it while it was being reset.
             self.entries.pop(entry.key, None)
             return
+        if entry.state == CLEANING:
+            self.cleaning -= 1
+            entry.state = RETURNING
         now = self.clock()
         if self.closed or entry.expires_at <= now:
             self.discard(entry)
@@ -350,9 +376,14 @@ class PoolState(Generic[R]):
         self._place(entry, now)
 
     def give_back(self, entry: Entry[R]) -> None:
-        """A waiter was handed ``entry`` and gave up before taking it."""
-        unused = entry.state == ASSIGNED  # taken from idle, never lent
-        if entry.state == LEASED:
+        """An acquirer gave up on ``entry``: it was handed over and never
+        taken (LEASED), or taken from idle to validate and never lent
+        (CLEANING)."""
+        unused = entry.state == CLEANING
+        if unused:
+            self.cleaning -= 1
+            entry.state = ASSIGNED
+        elif entry.state == LEASED:
             # Handed over as lent (see ``_hand_over``), but never taken.
             self.acquired -= 1
             entry.state = ASSIGNED
@@ -366,14 +397,15 @@ class PoolState(Generic[R]):
             entry.idle_since = idle_since
 
     def checked(self, entry: Entry[R], ok: bool) -> None:
-        """Outcome of a health check on a CHECKING entry."""
+        """Outcome of a background check (health check, or a suspect entry
+        on its way to a waiter) of a CLEANING entry."""
         if entry.state == CLOSED:
             return  # force_close() retired it while it was being checked
         if not ok:
             self.health_failures += 1
             self.discard(entry)
             return
-        self.checking -= 1
+        self.cleaning -= 1
         entry.state = ASSIGNED
         entry.suspect = False
         entry.owner = None  # the check is over: its token no longer applies
@@ -413,8 +445,8 @@ class PoolState(Generic[R]):
         ``checked``), and handed over from there if it is healthy.
         """
         if entry.suspect:
-            entry.state = CHECKING
-            self.checking += 1
+            entry.state = CLEANING
+            self.cleaning += 1
             self.start_check(entry)
             return True
         entry.state = LEASED
@@ -432,7 +464,7 @@ class PoolState(Generic[R]):
         if self.closed:
             return
         cfg = self.cfg
-        need = max(self.waiters.live - self.connecting, cfg.min_size - self.size)
+        need = max(self.waiters.live - self.connecting, cfg.min_size - self.live - self.connecting)
         room = cfg.max_size - self.size
         for _ in range(min(need, room)):
             self._start_one()
@@ -489,7 +521,7 @@ class PoolState(Generic[R]):
 
     def keep_connecting(self) -> bool:
         """Is a connect slot still wanted? If not, give it up."""
-        if not self.closed and (self.waiters.live >= self.connecting or self.size <= self.cfg.min_size):
+        if not self.closed and (self.waiters.live >= self.connecting or self.size - self.closing <= self.cfg.min_size):
             return True
         self.connect_abandoned()
         return False
@@ -502,22 +534,32 @@ class PoolState(Generic[R]):
     def discard(self, entry: Entry[R]) -> None:
         """Retire an entry that is not in ``idle``; close it in the background.
 
-        Safe to call twice: the second call does nothing, so a resource is
-        closed exactly once however many paths find it dead.
+        It counts in ``size`` and ``cleaning`` until ``close_done``. Safe to
+        call twice: the second call does nothing, so a resource is closed
+        exactly once however many paths find it dead.
         """
         state = entry.state
         if state == CLOSED:
             return
-        if state == CHECKING:
-            self.checking -= 1
+        if state != CLEANING:
+            self.cleaning += 1
         if state != LEASED or not self.closed:
             # A lent entry destroyed by close() stays known until released,
             # so that release() is a harmless no-op rather than an error.
             self.entries.pop(entry.key, None)
         entry.state = CLOSED
-        self.size -= 1
+        self.closing += 1
         self.destroyed += 1
         self.start_close(entry)
+        self.grow()
+        self.on_change()
+
+    def close_done(self) -> None:
+        """A close started by ``discard`` has finished (in any way): the
+        resource is gone and its place is free."""
+        self.closing -= 1
+        self.cleaning -= 1
+        self.size -= 1
         self.grow()
         self.on_change()
 
@@ -527,7 +569,7 @@ class PoolState(Generic[R]):
         max_idle = self.cfg.max_idle
         keep: deque[Entry[R]] = deque()
         retire: list[Entry[R]] = []
-        surplus = self.size - self.cfg.min_size
+        surplus = self.live - self.cfg.min_size
         # Oldest-idle first, so a surplus is trimmed from the cold end.
         for entry in self.idle:
             if entry.expires_at <= now:
@@ -550,10 +592,18 @@ class PoolState(Generic[R]):
             self.idle.remove(entry)
         except ValueError:  # pragma: no cover - defensive
             return False
-        entry.state = CHECKING
+        entry.state = CLEANING
         entry.owner = None
-        self.checking += 1
+        self.cleaning += 1
         return True
+
+    def clean_in_background(self, entry: Entry[R], token: object) -> None:
+        """A LEASED entry was released to a background clean-up (reset, and
+        validation if ``suspect``), owned by ``token``: its caller holds it
+        no more."""
+        entry.state = CLEANING
+        entry.owner = token
+        self.cleaning += 1
 
     def taken(self, entry: Entry[R], taker: Taker) -> R:
         """A waiter runs with the ``entry`` it was handed: bind it to
@@ -574,7 +624,7 @@ class PoolState(Generic[R]):
         exc = PoolTimeout(
             f"no resource became available in time (pool{self._label()}: "
             f"{self.in_use} in use, {len(self.idle)} idle, {self.connecting} connecting, "
-            f"max_size={self.cfg.max_size})"
+            f"{self.cleaning} cleaning, max_size={self.cfg.max_size})"
         )
         if self.last_connect_error is not None:
             # The pool was trying to connect for this waiter and failing:
@@ -604,9 +654,9 @@ class PoolState(Generic[R]):
     def force_close(self) -> None:
         """Destroy every lent entry under its borrower (close timeout passed)."""
         for entry in list(self.entries.values()):
-            # ASSIGNED here means being validated for an acquirer, CHECKING
-            # by a background check: neither may hold close() past its timeout.
-            if entry.state in (ASSIGNED, LEASED, RETURNING, CHECKING):
+            # CLEANING: being validated or reset, by an acquirer or in the
+            # background: neither may hold close() past its timeout.
+            if entry.state in (LEASED, RETURNING, CLEANING):
                 self.discard(entry)
 
 

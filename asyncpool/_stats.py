@@ -12,16 +12,25 @@ class PoolStats:
     """A consistent snapshot of one pool, taken without awaiting.
 
     Gauges describe this instant; counters accumulate since ``open()``.
-    At every instant ``in_use + idle <= size <= max_size``: ``size`` also
-    counts resources being created or health-checked.
+    At every instant ``size == idle + in_use + connecting + cleaning`` and
+    ``in_use + idle <= size <= max_size``.
     """
 
-    #: Resources that exist: idle + in use + being created or checked.
+    #: Resources that exist: idle + in use + connecting + cleaning.
     size: int
     #: Resources ready to be lent.
     idle: int
-    #: Resources lent out, or being validated or reset on their way in or out.
+    #: Resources held by callers: lent, or being released by the caller
+    #: itself (``release()`` resetting in the caller's task). 0 the moment
+    #: no caller holds one.
     in_use: int
+    #: Resources being created.
+    connecting: int
+    #: Resources the pool itself is working on, held by no caller: being
+    #: validated (before a lend, or by the health check), reset in the
+    #: background (after a cancelled block, or to spare the caller the round
+    #: trip), or closed (until the close has finished).
+    cleaning: int
     #: Tasks currently waiting in ``acquire()``.
     waiting: int
     min_size: int

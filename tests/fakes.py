@@ -80,6 +80,8 @@ class FakeConnector:
         self._ids = itertools.count(1)
         #: Set while a connect is in progress (tests wait on these).
         self.connecting = 0
+        #: Closes that have run to their end (``close_count`` counts starts).
+        self.closes_finished = 0
 
     def _roll(self, p: float) -> bool:
         return p >= 1.0 or (p > 0.0 and self.random.random() < p)
@@ -109,6 +111,7 @@ class FakeConnector:
         resource.close_count += 1
         if self.close_delay:
             await anyio.sleep(self.close_delay)
+        self.closes_finished += 1
 
     async def validate(self, resource: FakeResource) -> bool:
         self.validated.append(resource)
@@ -140,19 +143,20 @@ class FakeConnector:
 
 def check_invariants(pool: AsyncPool[Any]) -> None:
     """The accounting every pool must satisfy at every instant."""
-    from asyncpool._state import ASSIGNED, CHECKING, IDLE, LEASED, RETURNING
+    from asyncpool._state import CLEANING, IDLE, LEASED, RETURNING
 
     stats = pool.stats()
     assert stats.in_use >= 0, stats
     assert stats.in_use + stats.idle <= stats.size <= stats.max_size, stats
+    assert stats.size == stats.idle + stats.in_use + stats.connecting + stats.cleaning, stats
     state = pool._state
     by_state = [0] * 6
     for entry in state.entries.values():
         by_state[entry.state] += 1
     assert by_state[IDLE] == stats.idle, (by_state, stats)
-    assert by_state[CHECKING] == state.checking, (by_state, state.checking)
-    assert by_state[ASSIGNED] + by_state[LEASED] + by_state[RETURNING] == stats.in_use, (by_state, stats)
-    assert stats.size == stats.idle + stats.in_use + state.checking + state.connecting, stats
+    # Cleaning: entries the pool works on, and closes not finished yet.
+    assert by_state[CLEANING] + state.closing == stats.cleaning, (by_state, state.closing, stats)
+    assert by_state[LEASED] + by_state[RETURNING] == stats.in_use, (by_state, stats)
     assert stats.waiting >= 0, stats
     assert all(entry.state == IDLE for entry in state.idle)
 

@@ -285,7 +285,9 @@ async def test_background_reset_not_awaited_by_the_releasing_caller() -> None:
         res = await pool.acquire()
         with anyio.fail_after(0.2):
             await pool.release(res)
-        assert pool.stats().in_use == 1, "still being reset"
+        stats = pool.stats()
+        # Released: the caller holds it no more; the pool is resetting it.
+        assert (stats.in_use, stats.cleaning) == (0, 1), stats
         await anyio.sleep(0.5)
         assert pool.stats().idle == 2
 
@@ -312,7 +314,8 @@ async def test_background_reset_runs_inline_when_the_pool_is_more_than_half_busy
         # 2 in use, 2 idle: off the caller's path again.
         await pool.release(held[1])
         assert held[1].resets == 0, "reset in the caller"
-        assert pool.stats().in_use == 2, "still being reset"
+        stats = pool.stats()
+        assert (stats.in_use, stats.cleaning) == (1, 1), "one held, one being reset in the background"
         await pool.release(held[2])
         await anyio.sleep(0.2)
         assert pool.stats().idle == 4

@@ -296,3 +296,59 @@ async def test_cancelled_acquire_of_an_idle_resource_keeps_it(backend_name: str)
     stats = pool.stats()
     assert (stats.idle, stats.in_use) == (1, 0), stats
     await _close_and_check(pool, connector)
+
+
+async def test_borrowers_cancelled_in_their_blocks_are_not_in_use_once_they_are_gone() -> None:
+    # The clean-up after a cancelled block (reset and validation) runs in
+    # the background; the borrowers are gone the moment their scope exits,
+    # so ``in_use`` is 0 then and the clean-ups show in ``cleaning``.
+    connector = FakeConnector(reset_delay=0.05, validate_delay=0.05)
+    async with AsyncPool(connector, min_size=8, max_size=8) as pool:
+        await pool.open(wait=True)
+        held = 0
+
+        async def borrow() -> None:
+            nonlocal held
+            async with pool.acquire():
+                held += 1
+                await anyio.sleep(10)
+
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(borrow)
+                while held < 8:
+                    await anyio.sleep(0.001)
+                assert pool.stats().in_use == 8
+                scope.cancel()
+        stats = pool.stats()
+        assert stats.in_use == 0, stats
+        assert stats.cleaning == 8, stats
+        assert stats.size == 8, stats
+        check_invariants(pool)
+        with anyio.fail_after(2):
+            while pool.stats().idle < 8:
+                await anyio.sleep(0.01)
+        stats = pool.stats()
+        assert (stats.in_use, stats.cleaning, stats.idle) == (0, 0, 8), stats
+    connector.assert_all_closed_once()
+
+
+async def test_a_resource_being_closed_counts_in_size_until_its_close_has_finished() -> None:
+    # Closing is I/O: until it has finished the resource still exists (a
+    # server still holds its session), so the pool may not replace it past
+    # max_size in the meantime.
+    connector = FakeConnector(close_delay=0.1)
+    async with AsyncPool(connector, min_size=1, max_size=1) as pool:
+        await pool.open(wait=True)
+        res = await pool.acquire()
+        await pool.release(res, discard=True)
+        stats = pool.stats()
+        assert (stats.size, stats.in_use, stats.cleaning, stats.connecting) == (1, 0, 1, 0), stats
+        check_invariants(pool)
+        with anyio.fail_after(2):
+            again = await pool.acquire()
+        assert again is not res
+        assert res.close_count == 1
+        await pool.release(again)
+    connector.assert_all_closed_once()

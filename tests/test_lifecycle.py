@@ -126,7 +126,7 @@ async def test_health_check_never_keeps_a_waiter_from_a_healthy_resource() -> No
     async with AsyncPool(connector, min_size=2, max_size=2, health_check_interval=0.05, validate_after=0) as pool:
         await pool.open(wait=True)
         await anyio.sleep(0.1)  # the check is now busy with one resource
-        assert pool._state.checking == 1
+        assert pool.stats().cleaning == 1
         connector.validate_delay = 0.0  # only the check in progress is slow
         with anyio.fail_after(0.3):
             async with pool.acquire():
@@ -196,8 +196,9 @@ async def test_close_waits_for_slow_closes(connector: FakeConnector) -> None:
     pool = AsyncPool(connector, min_size=2, max_size=2)
     await pool.open(wait=True)
     await pool.close()
-    assert all(r.close_count == 1 for r in connector.created)
-    assert pool._pending_closes == 0
+    assert connector.closes_finished == len(connector.created) == 2
+    stats = pool.stats()
+    assert (stats.size, stats.cleaning) == (0, 0), stats
 
 
 async def test_counters_restart_at_open(connector: FakeConnector) -> None:
