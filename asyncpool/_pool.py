@@ -343,7 +343,7 @@ class AsyncPool(Generic[R]):
     def _deadline(self, timeout: float | None, entry: Entry[R] | None) -> float:
         """Open the pool if need be, and turn ``timeout`` into a deadline.
 
-        ``entry`` is an ASSIGNED entry the caller already took, returned to
+        ``entry`` is a CLEANING entry the caller already took, returned to
         the pool if the acquire fails here.
         """
         st = self._state
@@ -366,11 +366,20 @@ class AsyncPool(Generic[R]):
     async def _acquire_until(self, deadline: float, entry: Entry[R] | None, taker: Lease[R]) -> Entry[R]:
         """The slow path: validate, wait, connect, until ``deadline``.
 
-        ``entry`` may be an ASSIGNED entry the caller already took and that
+        ``entry`` may be a CLEANING entry the caller already took and that
         needs validation. An entry handed over while waiting comes lent and
         bound to ``taker``.
+
+        A deadline that has already come (``timeout=0``) forbids waiting for
+        another task's release or for a connect, not validating an idle
+        resource: that is the pool's own I/O, so it is bounded by
+        ``cleanup_timeout`` instead, as in the background. Otherwise the
+        deadline bounds everything, validation included.
         """
         st = self._state
+        check_by = deadline
+        if deadline <= self._backend.now():
+            check_by = self._backend.now() + self._config.cleanup_timeout
         while True:
             if st.closed:
                 # Closed already, or while we validated a resource that
@@ -394,7 +403,7 @@ class AsyncPool(Generic[R]):
             if entry.state == LEASED:
                 return entry
             if entry.suspect:
-                ok = await self._validate_assigned(entry, deadline)
+                ok = await self._validate_assigned(entry, check_by)
                 if not ok:
                     entry = None
                     continue
@@ -433,7 +442,7 @@ class AsyncPool(Generic[R]):
             # Interrupted mid-check (cancelled, also as an exception group
             # from a nursery in the connector, or any other BaseException):
             # its state is unknown, so it is retired (and replaced if anyone
-            # needs one) rather than lent, kept, or leaked as ASSIGNED.
+            # needs one) rather than lent, kept, or leaked as CLEANING.
             st.discard(entry)
             raise
         st.validated(entry, ok)

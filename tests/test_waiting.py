@@ -85,6 +85,41 @@ async def test_timeout_zero_means_do_not_wait(connector: FakeConnector) -> None:
                 await pool.acquire(timeout=0)
 
 
+async def test_timeout_zero_lends_an_idle_resource_that_is_due_for_validation() -> None:
+    # timeout=0 means "do not wait for another task's release": an idle
+    # resource is there, so it is validated and lent, not refused.
+    connector = FakeConnector()
+    async with AsyncPool(connector, min_size=1, max_size=4, validate_after=0.02) as pool:
+        await pool.open(wait=True)
+        for _ in range(5):
+            await anyio.sleep(0.03)  # idle past validate_after again
+            res = await pool.acquire(timeout=0)
+            await pool.release(res)
+        assert connector.validations == 5
+        stats = pool.stats()
+        assert (stats.created, stats.timeouts, stats.acquired) == (1, 0, 5), stats
+
+
+async def test_timeout_zero_validation_is_bounded_by_cleanup_timeout() -> None:
+    # A validation that hangs is the pool's own I/O: cleanup_timeout bounds
+    # it, the resource is retired, and the caller is told there was none.
+    connector = FakeConnector()
+    async with AsyncPool(connector, min_size=1, max_size=1, validate_after=0.01, cleanup_timeout=0.1) as pool:
+        await pool.open(wait=True)
+        await anyio.sleep(0.02)
+        connector.validate_hang = 1.0
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await pool.acquire(timeout=0)
+        assert time.monotonic() - started < 1.0
+        connector.validate_hang = 0.0
+        with anyio.fail_after(2):
+            async with pool.acquire() as res:  # a replacement
+                assert res is not connector.created[0]
+        check_invariants(pool)
+    connector.assert_all_closed_once()
+
+
 async def test_mixed_deadlines_each_expire_on_time(connector: FakeConnector) -> None:
     """A short deadline behind a long one still fires on time."""
     async with AsyncPool(connector, max_size=1) as pool:
