@@ -186,15 +186,23 @@ class AsyncPool(Generic[R]):
         """Start maintenance and begin filling the pool to ``min_size``.
 
         With ``wait=True``, return only once ``min_size`` resources exist;
-        after ``timeout`` (default: the pool's ``timeout``) raise
-        ``PoolTimeout`` with the last connect error as its cause.
+        after ``timeout`` raise ``PoolTimeout`` with the last connect error as
+        its cause. By default that is the pool's ``timeout``, unless it is 0:
+        never waiting for another task's release says nothing about how long
+        connecting takes, so then ``connect_timeout`` bounds the wait.
         """
         check_seconds("timeout", timeout, allow_zero=True)
         self._open_now()
         if not wait:
             return
         st = self._state
-        limit = self._config.timeout if timeout is None else timeout
+        cfg = self._config
+        if timeout is not None:
+            limit: float | None = timeout
+        elif cfg.timeout == 0:
+            limit = cfg.connect_timeout
+        else:
+            limit = cfg.timeout
         try:
             await self._backend.call_with_timeout(limit, self._wait_filled)
         except TimeoutError:

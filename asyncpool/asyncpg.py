@@ -268,6 +268,7 @@ class AsyncpgConnector(Connector["Connection"]):
         "_init",
         "_live",
         "_max_queries",
+        "_orphans",
         "_overdue",
         "_pgbouncer",
         "_policy",
@@ -336,6 +337,8 @@ class AsyncpgConnector(Connector["Connection"]):
         self._overdue: set[int] = set()
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_loop: asyncio.AbstractEventLoop | None = None
+        #: Connects whose caller gave up (see ``connect``), until they end.
+        self._orphans: set[asyncio.Task[Connection]] = set()
         #: What ``init`` raised the last time it failed (``create_pool``
         #: raises it from opening at once instead of retrying).
         self.last_init_error: BaseException | None = None
@@ -382,6 +385,37 @@ class AsyncpgConnector(Connector["Connection"]):
     # -- the Connector protocol --------------------------------------------
 
     async def connect(self) -> Connection:
+        """Open a connection (and run ``init`` on it).
+
+        asyncpg's connect is not safe to cut off half-way: cancelled while its
+        socket is being set up, it leaves a future whose exception nobody
+        retrieves. So it runs in a task of its own, shielded: if this call is
+        cancelled (the pool closing, or its ``connect_timeout``), the connect
+        still ends on its own bound (asyncpg's ``timeout``), and the
+        connection it brings, if any, is terminated at once.
+        """
+        opening = asyncio.get_running_loop().create_task(self._open())
+        try:
+            return await asyncio.shield(opening)
+        except BaseException:
+            if opening.done():
+                # It may have finished in the very turn we were cut off: its
+                # connection is nobody's then, and must not be left open.
+                self._orphan_done(opening)
+            else:
+                self._orphans.add(opening)
+                opening.add_done_callback(self._orphan_done)
+            raise
+
+    def _orphan_done(self, opening: asyncio.Task[Connection]) -> None:
+        self._orphans.discard(opening)
+        if opening.cancelled() or opening.exception() is not None:
+            return  # retrieved: nothing was opened
+        conn = opening.result()
+        self._live.pop(id(conn), None)
+        conn.terminate()
+
+    async def _open(self) -> Connection:
         generation = self._generation
         try:
             if self._connect_fn is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -51,6 +52,29 @@ async def test_open_wait_times_out_with_the_connect_error(connector: FakeConnect
     assert isinstance(info.value.__cause__, FakeError)
     await pool.close()
     assert pool.stats().size == 0
+
+
+async def test_open_waiting_on_a_pool_that_never_waits_to_acquire_waits_for_its_connects() -> None:
+    # timeout=0 is about acquiring; opening is about connecting, so its wait
+    # is bounded by connect_timeout instead of failing at once.
+    connector = FakeConnector(connect_delay=0.05)
+    pool = AsyncPool(connector, min_size=2, max_size=2, timeout=0)
+    with anyio.fail_after(5):
+        await pool.open(wait=True)
+    assert pool.stats().idle == 2
+    await pool.close()
+    connector.assert_all_closed_once()
+
+
+async def test_open_waiting_with_a_zero_acquire_timeout_is_bounded_by_connect_timeout() -> None:
+    connector = FakeConnector()
+    connector.connect_hang = 1.0
+    pool = AsyncPool(connector, min_size=1, timeout=0, connect_timeout=0.2, reconnect_delay=0.01)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout, match=r"within 0\.2 s"):
+        await pool.open(wait=True)
+    assert time.monotonic() - started < 2
+    await pool.close()
 
 
 async def test_min_size_is_kept_up_after_failures(connector: FakeConnector) -> None:

@@ -4,12 +4,14 @@ freezable TCP proxy, and control of the local server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -198,3 +200,25 @@ class LocalServer:
             else:
                 await conn.close()
                 return
+
+
+@contextlib.asynccontextmanager
+async def loop_errors() -> AsyncIterator[list[str]]:
+    """Collect what the running loop reports through its exception handler
+    (a "Future exception was never retrieved", a task destroyed pending)
+    while the block runs, and after it once garbage is collected."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+
+    def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        reported.append(f"{context.get('message')}: {context.get('exception')!r}")
+
+    loop.set_exception_handler(handler)
+    try:
+        yield reported
+        await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)

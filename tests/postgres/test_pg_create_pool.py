@@ -16,7 +16,7 @@ import pytest
 from asyncpool import PoolClosed, PoolError, PoolTimeout
 from asyncpool.asyncpg import Pool, create_pool
 
-from ._helpers import backend_pids, wait_for_backends, wait_until
+from ._helpers import backend_pids, loop_errors, wait_for_backends, wait_until
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -55,6 +55,22 @@ async def test_awaiting_opens_it_with_min_size_connections(make_pool: PoolFactor
     await wait_for_backends(admin, app_name, 0)
     with pytest.raises(PoolClosed):
         await pool.fetchval("SELECT 1")
+
+
+@pytest.mark.asyncio
+async def test_a_pool_that_never_waits_to_acquire_still_opens(
+    make_pool: PoolFactory, admin: Admin, app_name: str
+) -> None:
+    # acquire_timeout=0 is about acquiring; opening waits for its connects.
+    async with loop_errors() as reported:
+        pool = await make_pool(min_size=1, max_size=2, acquire_timeout=0)
+        try:
+            assert pool.get_size() == 1
+            assert await pool.fetchval("SELECT 1") == 1
+        finally:
+            await pool.close()
+        await wait_for_backends(admin, app_name, 0)
+    assert reported == []
 
 
 @pytest.mark.asyncio
