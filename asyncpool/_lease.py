@@ -148,7 +148,7 @@ class Lease(Generic[R]):
             if waiters.hand_over(entry):
                 state.acquired += 1
                 return
-        lend_by = now + state.validate_window
+        lend_by = now + entry.window
         if lend_by > entry.expires_at:
             lend_by = entry.expires_at
         entry.idle_since = now

@@ -104,7 +104,13 @@ class AsyncPool(Generic[R]):
         self._inline_release = False
         #: Awaited when ``acquire()`` did not wait (set at open; trio only).
         self._checkpoint: Callable[[], Awaitable[None]] | None = None
-        self._state: PoolState[R] = PoolState(cfg, getattr(self._connector, "is_closed", None))
+        connector_ = self._connector
+        self._state: PoolState[R] = PoolState(
+            cfg,
+            getattr(connector_, "is_closed", None),
+            getattr(connector_, "idle_limit", None),
+            getattr(connector_, "watch", None),
+        )
         # The options the contended path reads, with ``None`` as infinity.
         self._wait_limit = math.inf if cfg.timeout is None else cfg.timeout
         self._max_waiting = math.inf if cfg.max_waiting is None else cfg.max_waiting
@@ -453,8 +459,7 @@ class AsyncPool(Generic[R]):
             # needs one) rather than lent, kept, or leaked as CLEANING.
             st.discard(entry)
             raise
-        st.validated(entry, ok)
-        return ok
+        return st.validated(entry, ok)
 
     # -- releasing -------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from ._backends import WaitAgain
 from ._config import PoolConfig
 from ._errors import PoolClosed, PoolTimeout
 
@@ -103,6 +104,7 @@ class Entry(Generic[R]):
     __slots__ = (
         "created_at",
         "expires_at",
+        "idle_limit",
         "idle_since",
         "key",
         "last_ok",
@@ -112,6 +114,7 @@ class Entry(Generic[R]):
         "resource",
         "state",
         "suspect",
+        "window",
     )
 
     def __init__(self, resource: R, now: float, lifetime: float | None) -> None:
@@ -119,6 +122,13 @@ class Entry(Generic[R]):
         self.key = id(resource)
         self.created_at = now
         self.expires_at = math.inf if lifetime is None else now + lifetime * (1.0 - LIFETIME_JITTER * random.random())
+        #: Idle longer than this since it last worked (``last_ok``), it is
+        #: retired rather than lent: its server ends sessions idle that long
+        #: (``Connector.idle_limit``).
+        self.idle_limit = math.inf
+        #: How long after ``last_ok`` it may be lent without a check: the
+        #: pool's validation window, or less if ``idle_limit`` is shorter.
+        self.window = math.inf
         #: When it was last known to work (created, reset or validated).
         self.last_ok = now
         self.idle_since = now
@@ -161,6 +171,7 @@ class PoolState(Generic[R]):
         "entries",
         "health_failures",
         "idle",
+        "idle_limit",
         "is_closed",
         "last_connect_error",
         "make_ready",
@@ -176,13 +187,24 @@ class PoolState(Generic[R]):
         "timeouts",
         "validate_window",
         "waiters",
+        "watch",
     )
 
-    def __init__(self, config: PoolConfig, is_closed: Callable[[R], bool] | None) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        is_closed: Callable[[R], bool] | None,
+        idle_limit: Callable[[R], float | None] | None = None,
+        watch: Callable[[R, Callable[[], None]], None] | None = None,
+    ) -> None:
         self.cfg = config
         #: The connector's cheap, local "is it closed?" check, run on every
         #: lend; ``None`` if it has none.
         self.is_closed = is_closed
+        #: The connector's idle limit for a new resource, if it has one.
+        self.idle_limit = idle_limit
+        #: The connector's way to say at once that a resource died, if any.
+        self.watch = watch
         #: Idle time after which an entry is validated before lending.
         self.validate_window = math.inf if config.validate_after is None else config.validate_after
         #: The clock as of the last tick, never ahead of it; ``math.inf``
@@ -302,7 +324,11 @@ class PoolState(Generic[R]):
         validate_window = self.validate_window
         while idle:
             entry = idle.pop()
-            if entry.expires_at <= now or (self.is_closed is not None and self._known_closed(entry)):
+            if (
+                entry.expires_at <= now
+                or now - entry.last_ok >= entry.idle_limit
+                or (self.is_closed is not None and self._known_closed(entry))
+            ):
                 entry.state = ASSIGNED
                 self.discard(entry)
                 continue
@@ -348,14 +374,18 @@ class PoolState(Generic[R]):
         entry.owner = None
         self.acquired += 1
 
-    def validated(self, entry: Entry[R], ok: bool) -> None:
-        """Outcome of an acquirer validating the CLEANING ``entry`` it took."""
+    def validated(self, entry: Entry[R], ok: bool) -> bool:
+        """Outcome of an acquirer validating the CLEANING ``entry`` it took;
+        ``True`` if it may be lent."""
+        if ok and entry.expires_at == -math.inf:
+            ok = False  # it died after its check answered (``died``)
         if ok:
             entry.last_ok = self.now()
             entry.suspect = False
         else:
             self.health_failures += 1
             self.discard(entry)
+        return ok
 
     def checkin(self, entry: Entry[R]) -> None:
         """A released entry was reset (RETURNING in its caller, CLEANING in
@@ -379,6 +409,10 @@ class PoolState(Generic[R]):
         """An acquirer gave up on ``entry``: it was handed over and never
         taken (LEASED), or taken from idle to validate and never lent
         (CLEANING)."""
+        if entry.state == CLOSED:
+            # Retired meanwhile (it died, see ``died``, or close() destroyed it).
+            self.entries.pop(entry.key, None)
+            return
         unused = entry.state == CLEANING
         if unused:
             self.cleaning -= 1
@@ -401,7 +435,7 @@ class PoolState(Generic[R]):
         on its way to a waiter) of a CLEANING entry."""
         if entry.state == CLOSED:
             return  # force_close() retired it while it was being checked
-        if not ok:
+        if not ok or entry.expires_at == -math.inf:  # (-inf: it died after the check, see ``died``)
             self.health_failures += 1
             self.discard(entry)
             return
@@ -435,7 +469,7 @@ class PoolState(Generic[R]):
         ``Lease.__aexit__`` computes it inline). A suspect one never may."""
         if entry.suspect:
             return -math.inf
-        return min(entry.last_ok + self.validate_window, entry.expires_at)
+        return min(entry.last_ok + entry.window, entry.expires_at)
 
     def _hand_over(self, entry: Entry[R]) -> bool:
         """Give ``entry`` to the longest waiter, if one is still waiting.
@@ -501,8 +535,23 @@ class PoolState(Generic[R]):
         self.retry_at = -math.inf
         now = self.now()
         entry = Entry(resource, now, self.cfg.max_lifetime)
+        entry.window = self.validate_window
+        if self.idle_limit is not None:
+            try:
+                limit = self.idle_limit(resource)
+            except Exception:
+                logger.exception("idle_limit() raised; the resource gets none")
+                limit = None
+            if limit is not None:
+                entry.idle_limit = limit
+                entry.window = min(entry.window, limit)
         entry.ready = self.make_ready(resource)
         self.entries[entry.key] = entry
+        if self.watch is not None:
+            try:
+                self.watch(resource, lambda: self.died(entry))
+            except Exception:
+                logger.exception("watch() raised; the resource is checked when lent instead")
         if self.closed:
             self.discard(entry)
         else:
@@ -572,7 +621,7 @@ class PoolState(Generic[R]):
         surplus = self.live - self.cfg.min_size
         # Oldest-idle first, so a surplus is trimmed from the cold end.
         for entry in self.idle:
-            if entry.expires_at <= now:
+            if entry.expires_at <= now or now - entry.last_ok >= entry.idle_limit:
                 retire.append(entry)
             elif max_idle is not None and surplus > 0 and now - entry.idle_since > max_idle:
                 retire.append(entry)
@@ -605,14 +654,45 @@ class PoolState(Generic[R]):
         entry.owner = token
         self.cleaning += 1
 
+    def died(self, entry: Entry[R]) -> None:
+        """The connector says ``entry``'s resource is dead (``Connector.watch``).
+
+        Idle, it is retired at once. Handed to a waiter that has not run
+        yet, it is retired too, and the waiter waits again, first in line
+        (see ``taken``): nobody is lent what is known dead. Held by a caller,
+        or being cleaned (whose I/O may even have finished, its task not yet
+        resumed), its lifetime ends now: every path that takes an entry back
+        retires an expired one, so it is retired there, and its clean-up and
+        its close never run at the same time.
+        """
+        state = entry.state
+        if state == CLOSED:
+            return
+        entry.expires_at = -math.inf
+        if state == IDLE:
+            try:
+                self.idle.remove(entry)
+            except ValueError:  # pragma: no cover - defensive
+                return
+            entry.state = ASSIGNED
+        elif state == LEASED and entry.owner is HANDED:
+            self.acquired -= 1  # handed over, never taken
+        else:
+            return
+        self.health_failures += 1
+        self.discard(entry)
+
     def taken(self, entry: Entry[R], taker: Taker) -> R:
         """A waiter runs with the ``entry`` it was handed: bind it to
-        ``taker`` and give it its resource, unless ``close()`` destroyed the
-        entry before the waiter ran (nobody will release it, then, and the
-        waiter gets ``PoolClosed``)."""
+        ``taker`` and give it its resource. If the entry was retired before
+        the waiter ran, nobody will release it: then the waiter gets
+        ``PoolClosed`` if ``close()`` did it, and otherwise (the resource
+        died, see ``died``) waits again: ``WaitAgain``."""
         if entry.state == CLOSED:
             self.entries.pop(entry.key, None)
-            raise self.closed_error()
+            if self.closed:
+                raise self.closed_error()
+            raise WaitAgain
         taker._entry = entry
         entry.owner = taker
         return entry.resource

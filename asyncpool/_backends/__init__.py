@@ -15,9 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from .._state import Entry
 
-__all__ = ["Backend", "Event", "Taker", "TaskHandle", "WaitOwner", "WaitQueue", "current_backend"]
+__all__ = ["Backend", "Event", "Taker", "TaskHandle", "WaitAgain", "WaitOwner", "WaitQueue", "current_backend"]
 
 T = TypeVar("T")
+
+
+class WaitAgain(Exception):
+    """Raised by ``WaitOwner.taken``: the entry handed over died before its
+    waiter ran, so the waiter waits again, first in line."""
 
 
 class WaitOwner(Protocol):
@@ -41,8 +46,8 @@ class WaitOwner(Protocol):
 
     def taken(self, entry: Entry[Any], taker: Taker) -> Any:
         """A waiter runs with the ``entry`` it was handed: bind it to
-        ``taker`` and return its resource (or raise, if ``close()`` destroyed
-        it meanwhile)."""
+        ``taker`` and return its resource; raise ``PoolClosed`` if ``close()``
+        destroyed it meanwhile, or ``WaitAgain`` if it died meanwhile."""
 
 
 class Taker(Protocol):
@@ -64,7 +69,8 @@ class WaitQueue(Protocol):
         ``deadline`` is on ``Backend.now``'s clock, ``math.inf`` for no
         deadline. Raises the owner's timeout error at the deadline. If the
         caller is cancelled after it was handed an entry, the entry goes back
-        through ``owner.give_back``. Doing the binding here, in the waiter's
+        through ``owner.give_back``; if ``taken`` says ``WaitAgain``, the
+        caller waits again at the head of the queue, with the same deadline. Doing the binding here, in the waiter's
         own coroutine, saves a coroutine layer on every contended acquire.
         """
         ...

@@ -24,7 +24,7 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import PoolError
-from . import Taker, WaitOwner
+from . import Taker, WaitAgain, WaitOwner
 
 if TYPE_CHECKING:
     from .._state import Entry
@@ -104,25 +104,41 @@ class AsyncioWaitQueue:
         self._queue.append(waiter)
         self.live += 1
         self._owner.waiter_enqueued()
-        try:
-            entry = await fut
-        except BaseException:
-            if waiter[_COUNTED]:
-                # We gave up while still queued (cancelled): our place is
-                # dead now.
-                self._uncount(waiter)
-                if not fut.done():
-                    fut.cancel()
-                self._after_removal()
-            elif fut.done() and not fut.cancelled() and fut.exception() is None:
-                # Handed an entry in the same loop turn as our
-                # cancellation: it is not ours to keep, so it goes on.
-                self._owner.give_back(fut.result())
-            raise
-        finally:
-            if own_timer is not None:
-                own_timer.cancel()
-        return self._owner.taken(entry, taker)
+        while True:
+            try:
+                entry = await fut
+            except BaseException:
+                if waiter[_COUNTED]:
+                    # We gave up while still queued (cancelled): our place is
+                    # dead now.
+                    self._uncount(waiter)
+                    if not fut.done():
+                        fut.cancel()
+                    self._after_removal()
+                elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                    # Handed an entry in the same loop turn as our
+                    # cancellation: it is not ours to keep, so it goes on.
+                    self._owner.give_back(fut.result())
+                raise
+            finally:
+                if own_timer is not None:
+                    own_timer.cancel()
+            try:
+                return self._owner.taken(entry, taker)
+            except WaitAgain:
+                pass
+            # The entry died between its hand-over and now: wait again, at
+            # the head of the line, where we were. Rare, so it takes a timer
+            # of its own rather than a place in the deadline order.
+            now = time.monotonic()
+            if deadline <= now:
+                raise self._owner.timeout_error() from None
+            fut = loop.create_future()
+            waiter = [fut, deadline, True]
+            own_timer = None if deadline == math.inf else loop.call_later(deadline - now, self._expire_one, waiter)
+            self._queue.appendleft(waiter)
+            self.live += 1
+            self._owner.waiter_enqueued()
 
     def hand_over(self, entry: Entry[Any]) -> bool:
         queue = self._queue

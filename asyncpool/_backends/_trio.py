@@ -22,7 +22,7 @@ import outcome
 import trio
 
 from .._errors import PoolError
-from . import Taker, WaitOwner
+from . import Taker, WaitAgain, WaitOwner
 
 if TYPE_CHECKING:
     from .._state import Entry
@@ -94,16 +94,29 @@ class TrioWaitQueue:
             self._after_removal()
             return trio.lowlevel.Abort.SUCCEEDED
 
-        if in_order:
-            entry = cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
-        else:
-            handed: Entry[Any] | None = None
-            with trio.CancelScope(deadline=deadline):
-                handed = cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
-            if handed is None:
-                raise self._owner.timeout_error()
-            entry = handed
-        return self._owner.taken(entry, taker)
+        while True:
+            if in_order:
+                entry = cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
+            else:
+                handed: Entry[Any] | None = None
+                with trio.CancelScope(deadline=deadline):
+                    handed = cast("Entry[Any]", await trio.lowlevel.wait_task_rescheduled(abort))
+                if handed is None:
+                    raise self._owner.timeout_error()
+                entry = handed
+            try:
+                return self._owner.taken(entry, taker)
+            except WaitAgain:
+                pass
+            # The entry died between its hand-over and now: wait again, at
+            # the head of the line, where we were, under a scope of our own.
+            if deadline <= self._now():
+                raise self._owner.timeout_error() from None
+            waiter = _Waiter(trio.lowlevel.current_task(), deadline)
+            in_order = False
+            self._queue.appendleft(waiter)
+            self.live += 1
+            self._owner.waiter_enqueued()
 
     def hand_over(self, entry: Entry[Any]) -> bool:
         queue = self._queue

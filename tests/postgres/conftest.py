@@ -27,7 +27,8 @@ import pytest_asyncio
 
 from asyncpool.asyncpg import AsyncpgConnector
 
-from ._helpers import configured_dsn, free_port, unavailable
+from ..faultproxy import FaultProxy
+from ._helpers import configured_dsn, free_port, unavailable, with_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,6 +62,20 @@ def make_connector(pg_dsn: str, app_name: str) -> Callable[..., AsyncpgConnector
         return AsyncpgConnector(dsn or pg_dsn, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def fault_proxy(pg_dsn: str) -> Iterator[FaultProxy]:
+    """A fault-injecting TCP proxy in front of the test server."""
+    target = urlsplit(pg_dsn)
+    with FaultProxy(target.hostname or "127.0.0.1", target.port or 5432, lifetime=120) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxied_dsn(pg_dsn: str, fault_proxy: FaultProxy) -> str:
+    """The test server's DSN, through ``fault_proxy``."""
+    return with_port(pg_dsn, fault_proxy.port)
 
 
 @pytest_asyncio.fixture

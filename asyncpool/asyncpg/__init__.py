@@ -54,7 +54,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 from urllib.parse import unquote, urlsplit
 
 try:
@@ -65,11 +65,12 @@ except ImportError as _exc:  # pragma: no cover - exercised without the extra
         "asyncpool.asyncpg needs asyncpg; install it with: pip install 'asyncpool-core[asyncpg]'"
     ) from _exc
 
-from ._connector import Connector
-from ._errors import PoolError
-from ._lease import Lease
-from ._pool import AsyncPool
-from ._stats import PoolStats
+from .._connector import Connector
+from .._errors import PoolError
+from .._lease import Lease
+from .._pool import AsyncPool
+from .._stats import PoolStats
+from ._session import SessionEndedError, SessionWatch, failed_before_sending, session_aware
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -77,9 +78,18 @@ if TYPE_CHECKING:
     Connection: TypeAlias = asyncpg.Connection[Any]
     ConnHook: TypeAlias = Callable[[Connection], Awaitable[object]]
 
-__all__ = ["AsyncpgConnector", "Pool", "PoolAcquireContext", "create_pool", "mask_dsn"]
+__all__ = [
+    "AsyncpgConnector",
+    "IdleTimeouts",
+    "Pool",
+    "PoolAcquireContext",
+    "SessionEndedError",
+    "create_pool",
+    "mask_dsn",
+]
 
 logger = logging.getLogger("asyncpool.asyncpg")
+T = TypeVar("T")
 
 
 #: Everything a session can carry over to the next borrower, in one round
@@ -121,6 +131,52 @@ _PERMANENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _CONNECT_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters) - {"dsn"}
+
+#: The server's idle timeouts for this session, in milliseconds (``NULL``
+#: where the server predates them). Read once per connection, after ``init``.
+_IDLE_TIMEOUTS_QUERY = (
+    "SELECT (SELECT setting::float8 FROM pg_settings WHERE name = 'idle_session_timeout'),"
+    " (SELECT setting::float8 FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout')"
+)
+
+
+class IdleTimeouts(NamedTuple):
+    """The server's idle timeouts for one session, in seconds (``None``: off).
+
+    ``session`` (``idle_session_timeout``) ends a session idle outside a
+    transaction: the pool retires a connection before it has been idle that
+    long (see :meth:`AsyncpgConnector.idle_limit`). ``in_transaction``
+    (``idle_in_transaction_session_timeout``) ends one idle inside a
+    transaction; a pooled connection never is (release rolls back), so it
+    only ends sessions a borrower leaves idle in a transaction, and the
+    borrower's next operation raises :class:`SessionEndedError` saying so.
+    """
+
+    session: float | None
+    in_transaction: float | None
+
+
+def idle_margin(timeout: float) -> float:
+    """How long before the server's ``idle_session_timeout`` a connection is
+    retired rather than lent: a quarter of it, at least 50 ms (a lease's
+    first query must reach the server in time), at most 5 s."""
+    return min(max(timeout / 4, 0.05), 5.0)
+
+
+class _Opened(NamedTuple):
+    """What the connector knows of a connection it opened."""
+
+    conn: Connection
+    #: See ``expire_connections``.
+    generation: int
+    #: What gives it a clean session (the full policy).
+    reset_query: str
+    timeouts: IdleTimeouts
+    #: Queries asyncpool itself ran on it, which ``max_queries`` does not count.
+    own_queries: int
+    #: What sees the server end its session (``None``: a transport that
+    #: could not take one).
+    watch: SessionWatch | None
 
 
 class RetireConnection(Exception):
@@ -326,10 +382,8 @@ class AsyncpgConnector(Connector["Connection"]):
         self._validate_timeout = float(validate_timeout)
         self._reset_timeout = float(reset_timeout)
         self._max_queries = max_queries
-        # Connections this connector opened and has not closed yet, with the
-        # generation they were opened in (see ``expire_connections``) and
-        # the query that gives them a clean session (the full policy).
-        self._live: dict[int, tuple[Connection, int, str]] = {}
+        # Connections this connector opened and has not closed yet.
+        self._live: dict[int, _Opened] = {}
         self._generation = 0
         # Reset round trips in flight, by id(conn): the connection and when
         # its reset is overdue. One watchdog timer bounds them all.
@@ -417,45 +471,84 @@ class AsyncpgConnector(Connector["Connection"]):
 
     async def _open(self) -> Connection:
         generation = self._generation
+        kwargs = dict(self._connect_kwargs)
+        # Operations after the server ended the session say so (see
+        # ``_session``), whatever connection class was asked for.
+        kwargs["connection_class"] = session_aware(kwargs.get("connection_class", asyncpg.Connection))
         try:
             if self._connect_fn is not None:
                 # Called exactly as asyncpg's pool calls it: a wrapper may
                 # require ``loop``, ``connection_class`` and ``record_class``.
                 conn = await self._connect_fn(
-                    self._dsn,
-                    **{
-                        "connection_class": asyncpg.Connection,
-                        "record_class": asyncpg.Record,
-                        **self._connect_kwargs,
-                        "loop": asyncio.get_running_loop(),
-                    },
+                    self._dsn, **{"record_class": asyncpg.Record, **kwargs, "loop": asyncio.get_running_loop()}
                 )
             else:
-                conn = await asyncpg.connect(self._dsn, **self._connect_kwargs)
+                conn = await asyncpg.connect(self._dsn, **kwargs)
         except Exception as exc:
             clean = self._secrets.scrub(exc)
             if clean is exc:
                 raise
             raise clean from None
+        # At once, before any other await: from here on, a server that ends
+        # the session is seen the moment its goodbye arrives.
+        watch = SessionWatch.install(conn)
         reset_query = FULL_RESET_QUERY
-        if self._init is not None:
-            try:
-                # Who we logged in as, from the server's startup report:
-                # ``init`` may change the session user, and that is the only
-                # record of the original left afterwards.
-                login: str | None = getattr(conn.get_settings(), "session_authorization", None)
-                await self._init(conn)
-                if self._policy == "full":
-                    reset_query = await self._baseline_reset_query(conn, login)
-            except BaseException as exc:
-                conn.terminate()
-                clean = self._secrets.scrub(exc)
-                self.last_init_error = clean
-                if clean is exc:
-                    raise
-                raise clean from None
-        self._live[id(conn)] = (conn, generation, reset_query)
+        try:
+            if self._init is not None:
+                try:
+                    # Who we logged in as, from the server's startup report:
+                    # ``init`` may change the session user, and that is the
+                    # only record of the original left afterwards.
+                    login: str | None = getattr(conn.get_settings(), "session_authorization", None)
+                    await self._init(conn)
+                    if self._policy == "full":
+                        reset_query = await self._baseline_reset_query(conn, login)
+                except BaseException as exc:
+                    clean = self._secrets.scrub(exc)
+                    self.last_init_error = clean
+                    if clean is exc:
+                        raise
+                    raise clean from None
+            raw: Any = conn
+            before = raw._protocol.queries_count
+            timeouts = await self._idle_timeouts(conn)
+            own_queries = raw._protocol.queries_count - before
+        except BaseException:
+            conn.terminate()
+            raise
+        self._live[id(conn)] = _Opened(conn, generation, reset_query, timeouts, own_queries, watch)
         return conn
+
+    async def _idle_timeouts(self, conn: Connection) -> IdleTimeouts:
+        """The session's idle timeouts, read once (after ``init``, which may
+        set them). Behind PgBouncer they are the server connections' business,
+        not this client's: not read."""
+        if self._pgbouncer:
+            return IdleTimeouts(None, None)
+        row: Any = await conn.fetchrow(_IDLE_TIMEOUTS_QUERY, timeout=self._reset_timeout)
+        session, in_transaction = (None if ms is None or ms <= 0 else ms / 1000.0 for ms in row)
+        return IdleTimeouts(session, in_transaction)
+
+    def idle_timeouts(self, conn: Connection) -> IdleTimeouts:
+        """The server's idle timeouts for ``conn``, as read when it connected."""
+        opened = self._live.get(id(conn))
+        return opened.timeouts if opened is not None else IdleTimeouts(None, None)
+
+    def watch(self, conn: Connection, dead: Callable[[], None]) -> None:
+        """Call ``dead()`` the moment ``conn`` ends, however it ends (the
+        server's goodbye, a reset or closed socket), so the pool retires it
+        at once rather than when it next would lend it."""
+        opened = self._live.get(id(conn))
+        if opened is not None and opened.watch is not None:
+            opened.watch.on_end = dead
+
+    def idle_limit(self, conn: Connection) -> float | None:
+        """How long ``conn`` may stay idle in the pool before it is retired
+        instead of lent: the server's ``idle_session_timeout`` less
+        :func:`idle_margin`, or ``None`` when the server has none. The pool
+        asks once, when the connection joins it."""
+        session = self.idle_timeouts(conn).session
+        return None if session is None else max(session - idle_margin(session), 0.0)
 
     async def _baseline_reset_query(self, conn: Connection, login: str | None) -> str:
         """The full reset query for ``conn``, followed by what puts back the
@@ -532,8 +625,11 @@ class AsyncpgConnector(Connector["Connection"]):
             # server to cancel it and must see that through before the
             # connection can run anything else.
             await self._settle(conn)
-        if self._max_queries is not None and protocol.queries_count >= self._max_queries:
-            raise RetireConnection(f"connection ran {protocol.queries_count} queries (max_queries={self._max_queries})")
+        if self._max_queries is not None:
+            opened = self._live.get(id(conn))
+            ran = protocol.queries_count - (opened.own_queries if opened is not None else 0)
+            if ran >= self._max_queries:
+                raise RetireConnection(f"connection ran {ran} queries (max_queries={self._max_queries})")
         if self._generation and self.is_expired(conn):
             raise RetireConnection("connection was expired by expire_connections()")
         policy = self._policy
@@ -544,8 +640,8 @@ class AsyncpgConnector(Connector["Connection"]):
             elif interrupted:
                 await self._run(conn, _PING)
         elif policy == "full":
-            live = self._live.get(id(conn))
-            query = FULL_RESET_QUERY if live is None else live[2]
+            opened = self._live.get(id(conn))
+            query = FULL_RESET_QUERY if opened is None else opened.reset_query
             if _forget_transaction(conn):
                 query = f"{_ROLLBACK};{query}"
             _forget_listeners(conn)
@@ -587,12 +683,12 @@ class AsyncpgConnector(Connector["Connection"]):
         if not self._generation:
             return False
         found = self._live.get(id(conn))
-        return found is not None and found[1] != self._generation
+        return found is not None and found.generation != self._generation
 
     def terminate_all(self) -> None:
         """Drop every open connection this connector made, at once."""
-        for conn, _generation, _reset_query in list(self._live.values()):
-            conn.terminate()
+        for opened in list(self._live.values()):
+            opened.conn.terminate()
 
     # -- internals -----------------------------------------------------------
 
@@ -990,32 +1086,49 @@ class Pool:
         return True
 
     # -- query shortcuts ---------------------------------------------------------
+    # Each runs on a connection of its own. If it fails before anything of it
+    # reached the server (the session ended between the lend and the query:
+    # ``failed_before_sending``), it runs once more, on another connection:
+    # nothing was done, so nothing is done twice.
+
+    async def _shortcut(self, run: Callable[[Connection], Awaitable[T]]) -> T:
+        retried = False
+        while True:
+            async with self.acquire() as conn:
+                try:
+                    return await run(conn)
+                except Exception as exc:
+                    if retried or not failed_before_sending(exc):
+                        raise
+                    logger.info("the session ended before the query was sent; running it on another connection")
+                    retried = True
+            # The lease ended normally: its reset finds the connection closed
+            # and retires it.
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        async with self.acquire() as conn:
-            status: str = await conn.execute(query, *args, timeout=timeout)
-            return status
+        status: str = await self._shortcut(lambda conn: conn.execute(query, *args, timeout=timeout))
+        return status
 
     async def executemany(self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None) -> None:
-        async with self.acquire() as conn:
-            await conn.executemany(command, args, timeout=timeout)
+        await self._shortcut(lambda conn: conn.executemany(command, args, timeout=timeout))
 
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None, record_class: type[Any] | None = None
     ) -> list[Any]:
-        async with self.acquire() as conn:
-            rows: list[Any] = await conn.fetch(query, *args, timeout=timeout, record_class=record_class)
-            return rows
+        rows: list[Any] = await self._shortcut(
+            lambda conn: conn.fetch(query, *args, timeout=timeout, record_class=record_class)
+        )
+        return rows
 
     async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
-        async with self.acquire() as conn:
-            return await conn.fetchval(query, *args, column=column, timeout=timeout)
+        return await self._shortcut(lambda conn: conn.fetchval(query, *args, column=column, timeout=timeout))
 
     async def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None, record_class: type[Any] | None = None
     ) -> Any:
-        async with self.acquire() as conn:
-            return await conn.fetchrow(query, *args, timeout=timeout, record_class=record_class)
+        return await self._shortcut(
+            lambda conn: conn.fetchrow(query, *args, timeout=timeout, record_class=record_class)
+        )
 
     async def fetchmany(
         self,
@@ -1025,9 +1138,10 @@ class Pool:
         timeout: float | None = None,
         record_class: type[Any] | None = None,
     ) -> list[Any]:
-        async with self.acquire() as conn:
-            rows: list[Any] = await conn.fetchmany(query, args, timeout=timeout, record_class=record_class)
-            return rows
+        rows: list[Any] = await self._shortcut(
+            lambda conn: conn.fetchmany(query, args, timeout=timeout, record_class=record_class)
+        )
+        return rows
 
     # -- COPY shortcuts ------------------------------------------------------------
     # The options after the required ones (``format``, ``delimiter``,
@@ -1037,28 +1151,32 @@ class Pool:
     async def copy_from_table(
         self, table_name: str, *, output: Any, timeout: float | None = None, **options: Any
     ) -> str:
-        async with self.acquire() as conn:
-            status: str = await conn.copy_from_table(table_name, output=output, timeout=timeout, **options)
-            return status
+        status: str = await self._shortcut(
+            lambda conn: conn.copy_from_table(table_name, output=output, timeout=timeout, **options)
+        )
+        return status
 
     async def copy_from_query(
         self, query: str, *args: Any, output: Any, timeout: float | None = None, **options: Any
     ) -> str:
-        async with self.acquire() as conn:
-            status: str = await conn.copy_from_query(query, *args, output=output, timeout=timeout, **options)
-            return status
+        status: str = await self._shortcut(
+            lambda conn: conn.copy_from_query(query, *args, output=output, timeout=timeout, **options)
+        )
+        return status
 
     async def copy_to_table(self, table_name: str, *, source: Any, timeout: float | None = None, **options: Any) -> str:
-        async with self.acquire() as conn:
-            status: str = await conn.copy_to_table(table_name, source=source, timeout=timeout, **options)
-            return status
+        status: str = await self._shortcut(
+            lambda conn: conn.copy_to_table(table_name, source=source, timeout=timeout, **options)
+        )
+        return status
 
     async def copy_records_to_table(
         self, table_name: str, *, records: Any, timeout: float | None = None, **options: Any
     ) -> str:
-        async with self.acquire() as conn:
-            status: str = await conn.copy_records_to_table(table_name, records=records, timeout=timeout, **options)
-            return status
+        status: str = await self._shortcut(
+            lambda conn: conn.copy_records_to_table(table_name, records=records, timeout=timeout, **options)
+        )
+        return status
 
 
 @final
@@ -1068,7 +1186,17 @@ class _Watched:
     retrying cannot cure (or an error from ``init``) is reported to
     :meth:`Pool._open_core` at once."""
 
-    __slots__ = ("_connector", "_pool", "background_reset", "close", "is_closed", "reset", "validate")
+    __slots__ = (
+        "_connector",
+        "_pool",
+        "background_reset",
+        "close",
+        "idle_limit",
+        "is_closed",
+        "reset",
+        "validate",
+        "watch",
+    )
 
     def __init__(self, connector: AsyncpgConnector, pool: Pool) -> None:
         self._connector = connector
@@ -1076,6 +1204,8 @@ class _Watched:
         self.background_reset = connector.background_reset
         # Bound methods, so the hot paths pay no extra call.
         self.is_closed = connector.is_closed
+        self.idle_limit = connector.idle_limit
+        self.watch = connector.watch
         self.validate = connector.validate
         self.reset = connector.reset
         self.close = connector.close
