@@ -28,6 +28,7 @@ TEST_DEPS = [
     "sniffio>=1.3",
     "uvloop>=0.19",
     "asyncpg>=0.29",
+    "hypothesis>=6.100",
 ]
 BENCH_DEPS = ["asyncpg>=0.29", "uvloop>=0.19", "trio>=0.25", "sniffio>=1.3"]
 PEER_DEPS = ["psycopg[binary]>=3.1", "psycopg-pool>=3.2", "sqlalchemy[asyncio]>=2.0", "matplotlib>=3.7"]
