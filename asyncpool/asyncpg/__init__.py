@@ -70,7 +70,7 @@ from .._errors import PoolError
 from .._lease import Lease
 from .._pool import AsyncPool
 from .._stats import PoolStats
-from ._session import SessionEndedError, SessionWatch, failed_before_sending, session_aware
+from ._session import SessionEndedError, SessionWatch, failed_before_sending, session_aware, terminate
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -467,7 +467,7 @@ class AsyncpgConnector(Connector["Connection"]):
             return  # retrieved: nothing was opened
         conn = opening.result()
         self._live.pop(id(conn), None)
-        conn.terminate()
+        terminate(conn)
 
     async def _open(self) -> Connection:
         generation = self._generation
@@ -514,7 +514,7 @@ class AsyncpgConnector(Connector["Connection"]):
             timeouts = await self._idle_timeouts(conn)
             own_queries = raw._protocol.queries_count - before
         except BaseException:
-            conn.terminate()
+            terminate(conn)
             raise
         self._live[id(conn)] = _Opened(conn, generation, reset_query, timeouts, own_queries, watch)
         return conn
@@ -539,7 +539,9 @@ class AsyncpgConnector(Connector["Connection"]):
         server's goodbye, a reset or closed socket), so the pool retires it
         at once rather than when it next would lend it."""
         opened = self._live.get(id(conn))
-        if opened is not None and opened.watch is not None:
+        if conn.is_closed():
+            dead()  # it ended before anyone asked to hear of it
+        elif opened is not None and opened.watch is not None:
             opened.watch.on_end = dead
 
     def idle_limit(self, conn: Connection) -> float | None:
@@ -608,7 +610,7 @@ class AsyncpgConnector(Connector["Connection"]):
             logger.debug("validation failed: %s: %s", type(exc).__name__, self._secrets.mask(str(exc)))
             # Whatever it was doing, nobody will use it again: drop it now
             # rather than wait for a graceful close that may hang too.
-            conn.terminate()
+            terminate(conn)
             return False
         return True
 
@@ -654,7 +656,7 @@ class AsyncpgConnector(Connector["Connection"]):
             try:
                 await reset_fn(conn)
             except BaseException:
-                conn.terminate()
+                terminate(conn)
                 raise
 
     async def close(self, conn: Connection) -> None:
@@ -663,14 +665,14 @@ class AsyncpgConnector(Connector["Connection"]):
         if conn.is_closed() or raw._protocol._is_cancelling():
             # Nothing to say goodbye to, or a query whose cancellation is
             # still pending: asyncpg would wait for it. Just drop the socket.
-            conn.terminate()
+            terminate(conn)
             return
         try:
             await conn.close(timeout=self._reset_timeout)
         except Exception as exc:
             # asyncpg has aborted the connection by now; the socket is gone.
             logger.debug("graceful close failed: %s: %s", type(exc).__name__, self._secrets.mask(str(exc)))
-            conn.terminate()
+            terminate(conn)
 
     # -- generations and termination (used by create_pool's Pool) -----------
 
@@ -688,7 +690,7 @@ class AsyncpgConnector(Connector["Connection"]):
     def terminate_all(self) -> None:
         """Drop every open connection this connector made, at once."""
         for opened in list(self._live.values()):
-            opened.conn.terminate()
+            terminate(opened.conn)
 
     # -- internals -----------------------------------------------------------
 
@@ -709,7 +711,7 @@ class AsyncpgConnector(Connector["Connection"]):
             await conn.execute(query)
         except BaseException as exc:
             # Failed or interrupted half-way: its state is unknown.
-            conn.terminate()
+            terminate(conn)
             if key in self._overdue:
                 raise RetireConnection(
                     f"reset did not finish within {self._reset_timeout} s; connection terminated"
@@ -734,7 +736,7 @@ class AsyncpgConnector(Connector["Connection"]):
                 del self._resetting[key]
                 self._overdue.add(key)
                 logger.warning("a reset took longer than %s s; terminating its connection", self._reset_timeout)
-                conn.terminate()
+                terminate(conn)
         if self._resetting:
             self._watch()
 
@@ -744,10 +746,10 @@ class AsyncpgConnector(Connector["Connection"]):
         try:
             await asyncio.wait_for(raw._protocol._wait_for_cancellation(), bound)
         except asyncio.TimeoutError:
-            conn.terminate()
+            terminate(conn)
             raise RetireConnection(f"a cancelled query did not stop within {bound} s; connection terminated") from None
         except BaseException:
-            conn.terminate()
+            terminate(conn)
             raise
         if conn.is_closed():
             raise RetireConnection("connection closed while its cancelled query settled")

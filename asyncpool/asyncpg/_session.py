@@ -10,35 +10,34 @@ says ``False``, until the close arrives. Nothing of this is visible from
 Python: the protocol's state is private to its Cython class.
 
 What is visible is the wire. :class:`SessionWatch` sits between the
-transport and asyncpg's protocol and passes every event on unchanged; when a
-chunk from the server holds a FATAL or PANIC ErrorResponse, it tells asyncpg
-right away that the connection is lost, as the close would a moment later,
-and drops the socket. From then on the connection is closed for everyone:
-the pool never lends it, and the next operation on it fails before anything
-is sent, with :class:`SessionEndedError` carrying the server's own reason.
+transport and asyncpg's protocol and passes every event on unchanged; when the
+bytes from the server end with a FATAL or PANIC ErrorResponse, it tells
+asyncpg right away that the connection is lost, as the close would a moment
+later, and drops the socket. From then on the connection is closed for
+everyone: the pool never lends it, and the next operation on it fails before
+anything is sent, with :class:`SessionEndedError` carrying the server's own
+reason.
 
-Finding the message costs no parsing on the common path. Every response ends
-with ReadyForQuery (``Z``, length 5, a status byte), so a chunk that ends with
-one leaves the stream at a message boundary; only the bytes after such a
-boundary (the next chunks, or what follows the last ReadyForQuery in the last
-few KiB of a chunk, which may straddle reads) are read as messages, and only
-as long as they are messages a server sends between queries (ErrorResponse,
-NoticeResponse, ParameterStatus, NotificationResponse). A server's goodbye is
-the last thing it sends, so a FATAL error counts only where the bytes received
-so far end; one followed by more bytes was something else (a value in a
-result that happens to look like one). A FATAL error that arrives as the
-answer to a query is ended the same way, which is what its close would do.
+A server's goodbye is the last thing it sends, so that is where it is looked
+for: at the end of what has arrived (the last few KiB are kept, for a goodbye
+that comes in pieces), whatever came before it (the end of a response, the
+answer to a statement's preparation, which ends without a ReadyForQuery, or
+nothing). A chunk that ends a response with ReadyForQuery, the common case,
+costs one comparison; others, a search of their last bytes for the
+non-localized severity field. A FATAL error that answers a query is ended the
+same way, which is what its close would do.
 
 One case is left, and only data a client fetches can make it: a result value
-holding the bytes of a ReadyForQuery and then of a FATAL error, fetched so
-that a read of the socket ends exactly after them, is taken for the session's
-end, and that fetch fails with ``ConnectionDoesNotExistError``.
+holding the bytes of a whole FATAL ErrorResponse, fetched so that a read of
+the socket ends exactly after them, is taken for the session's end, and that
+fetch fails with ``ConnectionDoesNotExistError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,19 +49,26 @@ if TYPE_CHECKING:
 
     Connection: TypeAlias = asyncpg.Connection[Any]
 
-__all__ = ["SessionEndedError", "SessionWatch", "failed_before_sending", "session_aware"]
+__all__ = [
+    "SessionEndedError",
+    "SessionWatch",
+    "failed_before_sending",
+    "let_cancel_requests_end",
+    "session_aware",
+    "terminate",
+]
 
 logger = logging.getLogger("asyncpool.asyncpg")
 
 _READY = b"Z\x00\x00\x00\x05"
-#: Message types a server sends outside a query's response.
-_UNSOLICITED = frozenset(b"ENSA")
-_ERROR = ord("E")
-#: How far back from a chunk's end a ReadyForQuery is looked for: what
-#: follows it in the same chunk is a server's goodbye, a few hundred bytes.
+#: The non-localized severity field (PostgreSQL 9.6 and later) of a
+#: message that ends the session.
+_FATAL = b"VFATAL\x00"
+_PANIC = b"VPANIC\x00"
+_ERROR = b"E"
+#: How much of the end of the stream is kept and searched: a server's
+#: goodbye is a few hundred bytes.
 _TAIL = 4096
-#: A message between queries longer than this is not taken for one.
-_MAX_MESSAGE = 1 << 20
 
 
 class SessionEndedError(asyncpg.exceptions.ConnectionDoesNotExistError):
@@ -95,9 +101,9 @@ def session_ended_error(fields: dict[str, str]) -> SessionEndedError:
     return exc
 
 
-def _fields(data: bytes, start: int, end: int) -> dict[str, str] | None:
+def _fields(data: bytes | bytearray, start: int, end: int) -> dict[str, str] | None:
     """The fields of an ErrorResponse body ``data[start:end]``, or ``None``
-    if it is not well formed (then it was not a message boundary at all)."""
+    if it is not well formed (then it was not a message at all)."""
     fields: dict[str, str] = {}
     pos = start
     while pos < end:
@@ -112,24 +118,34 @@ def _fields(data: bytes, start: int, end: int) -> dict[str, str] | None:
     return None
 
 
+def _goodbye_at_end(data: bytes | bytearray, low: int) -> dict[str, str] | None:
+    """The fields of a FATAL or PANIC ErrorResponse that ends exactly where
+    ``data`` ends (starting at or after ``low``), or ``None``."""
+    end = len(data)
+    pos = data.rfind(_ERROR, low, end - 7)
+    while pos >= 0:
+        if int.from_bytes(data[pos + 1 : pos + 5], "big") == end - pos - 1:
+            fields = _fields(data, pos + 5, end)
+            if fields is not None and fields.get("V") in ("FATAL", "PANIC") and "C" in fields:
+                return fields
+        pos = data.rfind(_ERROR, low, pos)
+    return None
+
+
 class SessionWatch(asyncio.Protocol):
     """Sits between a connection's transport and asyncpg's protocol; see the
     module docstring. ``ended`` holds the server's FATAL error fields once it
     ended the session."""
 
-    __slots__ = ("_at_boundary", "_held", "_inner", "_inner_lost", "_transport", "ended", "on_end")
+    __slots__ = ("_conn", "_held", "_inner", "_inner_lost", "_transport", "ended", "on_end")
 
-    def __init__(self, inner: Any, transport: asyncio.Transport) -> None:
+    def __init__(self, conn: Connection, inner: Any, transport: asyncio.Transport) -> None:
+        self._conn = weakref.ref(conn)
         self._inner = inner
         self._transport = transport
-        #: Since the last response ended, only messages a server sends
-        #: between queries have come (or nothing): ``_held`` starts at a
-        #: message boundary.
-        self._at_boundary = True
-        #: At a boundary: an unsolicited message whose end has not come yet.
-        #: Inside a response: its last few bytes, for a ReadyForQuery split
-        #: across reads.
-        self._held = b""
+        #: The last bytes received, unless they ended a response: a goodbye
+        #: may arrive in pieces.
+        self._held = bytearray()
         self._inner_lost = False
         self.ended: dict[str, str] | None = None
         #: Called once, from the loop, when the connection ends in any way
@@ -142,7 +158,7 @@ class SessionWatch(asyncio.Protocol):
         while no query runs); ``None`` where the transport cannot take one."""
         raw: Any = conn
         transport = raw._transport
-        watch = cls(raw._protocol, transport)
+        watch = cls(conn, raw._protocol, transport)
         try:
             transport.set_protocol(watch)
         except (AttributeError, NotImplementedError):
@@ -161,34 +177,33 @@ class SessionWatch(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)
-        if self.ended is not None:
+        if data.endswith(_READY, 0, -1):
+            # The common case: a response ended; no goodbye follows it here.
+            if self._held:
+                self._held = bytearray()
             return
-        size = len(data)
-        if size >= 6 and data.find(_READY, size - 6) == size - 6:
-            # The common case: a response ended, at a message boundary.
-            self._at_boundary = True
-            self._held = b""
-            return
-        if self._at_boundary:
-            # Messages since the last boundary (an unsolicited one may come
-            # in pieces): read them as such, unless they are a response.
-            held = self._held + data if self._held else data
-            if self._scan(held):
-                return
-            self._held = b""
-        # Inside a response: its end is the last ReadyForQuery, which may
-        # straddle reads (the last few bytes are kept for that); what
-        # follows it came after the response.
-        held = self._held + data if self._held else data
-        ready = held.rfind(_READY, max(0, len(held) - _TAIL))
-        if ready >= 0 and ready + 6 <= len(held):
-            self._at_boundary = True
-            after = held[ready + 6 :]
-            self._held = b""
-            if after and not self._scan(after):
-                self._held = held[-5:]
+        if self.ended is None:
+            self._look(data)
+
+    def _look(self, data: bytes) -> None:
+        """Does what has arrived end with the server's goodbye?"""
+        if len(data) >= _TAIL:
+            window: bytes | bytearray = data
+            self._held = bytearray(data[-_TAIL:])
         else:
-            self._held = held[-5:]
+            held = self._held
+            held += data
+            if len(held) > 2 * _TAIL:
+                del held[:-_TAIL]
+            window = held
+        if window.endswith(b"\x00\x00"):
+            # Every ErrorResponse ends with two zero bytes; look closer only
+            # where the severity field of a goodbye is there too.
+            low = max(0, len(window) - _TAIL)
+            if window.find(_FATAL, low) >= 0 or window.find(_PANIC, low) >= 0:
+                fields = _goodbye_at_end(window, low)
+                if fields is not None:
+                    self._end(fields)
 
     def eof_received(self) -> bool | None:
         eof_received = getattr(self._inner, "eof_received", None)
@@ -198,6 +213,9 @@ class SessionWatch(asyncio.Protocol):
         if self._inner_lost:
             return
         self._inner_lost = True
+        conn = self._conn()
+        if conn is not None:
+            let_cancel_requests_end(conn)  # asyncpg's teardown would cut them off
         self._inner.connection_lost(exc)
         on_end, self.on_end = self.on_end, None
         if on_end is not None:
@@ -211,46 +229,6 @@ class SessionWatch(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
-
-    # -- reading what came between queries ---------------------------------
-
-    def _scan(self, data: bytes) -> bool:
-        """Read ``data``, which starts at a message boundary, as messages a
-        server sends between queries. ``True`` if it is all such messages
-        (the last maybe incomplete, then kept for the next read) or it held
-        the session's end; ``False`` if it is not (a query's response, which
-        asyncpg reads itself), and the boundary is lost."""
-        size = len(data)
-        pos = 0
-        while pos < size:
-            kind = data[pos]
-            if kind not in _UNSOLICITED:
-                break
-            if size - pos < 5:
-                self._held = data[pos:]
-                return True
-            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
-            if not 4 <= length <= _MAX_MESSAGE:
-                break  # not a message after all
-            end = pos + 1 + length
-            if end > size:
-                self._held = data[pos:]
-                return True
-            if kind == _ERROR:
-                fields = _fields(data, pos + 5, end)
-                if fields is None:
-                    break
-                if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
-                    if end < size:
-                        break  # a server's last words are the last bytes it sends
-                    self._end(fields)
-                    return True
-            pos = end
-        else:
-            self._held = b""
-            return True
-        self._at_boundary = False
-        return False
 
     def _end(self, fields: dict[str, str]) -> None:
         """The server ended the session: tell asyncpg the connection is lost
@@ -297,6 +275,28 @@ def session_aware(connection_class: type[Connection]) -> type[Connection]:
         )
         _AWARE[connection_class] = aware
     return aware
+
+
+def terminate(conn: Connection) -> None:
+    """``conn.terminate()``, letting asyncpg's cancel requests in flight end.
+
+    When a query's task is cancelled, asyncpg sends a cancel request over a
+    connection of its own (negotiating SSL first, as for any connect). At
+    the connection's teardown it cancels those requests, cut off half-way
+    through their connect, which leaves a future whose exception nobody
+    retrieves. Detached here, they end on their own: the connect completes
+    or fails, the request is sent or not, in a moment.
+    """
+    let_cancel_requests_end(conn)
+    conn.terminate()
+
+
+def let_cancel_requests_end(conn: Connection) -> None:
+    """Keep asyncpg's teardown of ``conn`` from cutting off its cancel
+    requests in flight (see :func:`terminate`)."""
+    raw: Any = conn
+    if raw._cancellations:
+        raw._cancellations = set()
 
 
 def failed_before_sending(exc: BaseException) -> bool:
