@@ -11,7 +11,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._state import Entry, backoff_delay
+from ._state import Entry
 
 if TYPE_CHECKING:
     from ._pool import AsyncPool
@@ -31,37 +31,55 @@ class ConnectSlot:
     returned exactly once on every path.
     """
 
-    __slots__ = ("settled",)
+    __slots__ = ("connecting", "settled")
 
     def __init__(self) -> None:
         self.settled = False
+        #: A connect attempt is in flight (rather than a backoff sleep):
+        #: ``close()`` lets it finish instead of cutting it off.
+        self.connecting = False
 
 
 async def connect_worker(pool: AsyncPool[Any], slot: ConnectSlot) -> None:
     """Create one resource for the slot reserved by ``PoolState.grow``.
 
-    Retries with backoff for as long as the slot is still wanted.
+    Retries for as long as the slot is still wanted; during an outage it
+    waits its turn (``PoolState.may_connect``): one connect probes at a
+    time, when the pool's backoff allows.
     """
     state = pool._state
     backend = pool._backend
     cfg = pool._config
-    attempt = 0
     while True:
-        try:
-            resource = await backend.call_with_timeout(cfg.connect_timeout, pool._connector.connect)
-        except Exception as exc:
-            # One warning per outage, not one per worker per attempt.
-            level = logging.WARNING if state.last_connect_error is None else logging.DEBUG
-            logger.log(level, "pool%s: connect failed (attempt %d): %s", pool._label, attempt + 1, _describe(exc))
-            if not state.connect_failed(exc):
-                slot.settled = True
-                return
-            await backend.sleep(backoff_delay(attempt, cfg.reconnect_delay, cfg.reconnect_max_delay))
-            attempt += 1
+        while not state.may_connect():
+            await pool._wait_connect_turn()
             if not state.keep_connecting():
                 slot.settled = True
                 return
+        probe = state.begin_connect()
+        slot.connecting = True
+        try:
+            resource = await backend.call_with_timeout(cfg.connect_timeout, pool._connector.connect)
+        except Exception as exc:
+            slot.connecting = False
+            state.end_connect(probe)
+            # One warning per outage, not one per worker per attempt.
+            level = logging.WARNING if state.last_connect_error is None else logging.DEBUG
+            logger.log(
+                level,
+                "pool%s: connect failed (%d failed in a row): %s",
+                pool._label,
+                state.connect_failures + 1,
+                _describe(exc),
+            )
+            if not state.connect_failed(exc, probe):
+                slot.settled = True
+                return
             continue
+        except BaseException:
+            state.end_connect(probe)  # cancelled: the next may probe
+            raise
+        state.end_connect(probe)
         # From here to ``connected`` nothing awaits: the new resource cannot
         # be dropped between the two.
         slot.settled = True

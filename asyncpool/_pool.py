@@ -123,6 +123,9 @@ class AsyncPool(Generic[R]):
         self._connects: dict[ConnectSlot, TaskHandle] = {}
         self._drained: Any = None
         self._filled: Any = None
+        #: Set when anything happens that may let a waiting connect go (a
+        #: probe ended, the outage ended, the pool closed); made anew after.
+        self._connect_news: Any = None
 
     # -- introspection -------------------------------------------------------
 
@@ -297,8 +300,22 @@ class AsyncPool(Generic[R]):
             # step, at loop shutdown): the resource cannot be trusted.
             self._state.discard(entry)
 
+    async def _wait_connect_turn(self) -> None:
+        """Wait until ``PoolState.may_connect`` may have changed: the
+        backoff has passed, or the probe ended, or the pool closed."""
+        st = self._state
+        if self._connect_news is None or self._connect_news.is_set():
+            self._connect_news = self._backend.event()
+        wait = None if st.probing else max(0.0, st.retry_at - self._backend.now())
+        try:
+            await self._backend.call_with_timeout(wait, self._connect_news.wait)
+        except TimeoutError:
+            pass
+
     def _on_change(self) -> None:
         st = self._state
+        if self._connect_news is not None:
+            self._connect_news.set()
         if self._filled is not None and (st.closed or st.live >= self._config.min_size):
             self._filled.set()
         if self._drained is not None and st.size == 0:
@@ -595,8 +612,12 @@ class AsyncPool(Generic[R]):
         New ``acquire()`` calls and all waiters get ``PoolClosed``; idle
         resources are closed at once; lent ones when they are released, or
         forcibly once ``timeout`` seconds have passed (``None``: wait for
-        them). Cancelling ``close()`` stops only the waiting: resources are
-        still closed, each exactly once, as they come back.
+        them). A connect in flight is not cut off (a connector may not be
+        safe to cancel half-way, as asyncpg's is not): it ends on its own
+        bound, ``connect_timeout``, and what it brings is closed at once;
+        only ``timeout`` passing cuts it off. Retries waiting out their
+        backoff stop at once. Cancelling ``close()`` stops only the waiting:
+        resources are still closed, each exactly once, as they come back.
         """
         check_seconds("timeout", timeout, allow_zero=True)
         st = self._state
@@ -615,8 +636,9 @@ class AsyncPool(Generic[R]):
                 self._maintenance.cancel()
             if self._ticks is not None:
                 self._ticks.cancel()
-            for handle in list(self._connects.values()):
-                handle.cancel()
+            for slot, handle in list(self._connects.items()):
+                if not slot.connecting:
+                    handle.cancel()
             self._on_change()
         drained = self._drained
         if drained is None or drained.is_set():
@@ -634,4 +656,6 @@ class AsyncPool(Generic[R]):
                 timeout,
             )
             st.force_close()
+            for handle in list(self._connects.values()):
+                handle.cancel()
             await drained.wait()

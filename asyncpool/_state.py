@@ -177,6 +177,7 @@ class PoolState(Generic[R]):
         "make_ready",
         "now",
         "on_change",
+        "probing",
         "rejected",
         "retry_at",
         "size",
@@ -231,10 +232,14 @@ class PoolState(Generic[R]):
         self.closed = False
         #: Set while the latest connect attempt failed.
         self.last_connect_error: BaseException | None = None
-        #: Failed connects in a row, and when ``turned_away`` may try again:
-        #: a refused acquire must not bypass the reconnect backoff.
+        #: Failed rounds of connecting in a row, and when the next may start:
+        #: the backoff is the pool's, not each connect's (see
+        #: ``may_connect``), so neither a new waiter nor a refused acquire
+        #: can bypass it.
         self.connect_failures = 0
         self.retry_at = -math.inf
+        #: During an outage, one connect at a time tries (the probe).
+        self.probing = False
         self.now: Callable[[], float] = _no_clock
         self.waiters: WaitQueue = None  # type: ignore[assignment]  # set by open()
         # Hooks into the async shell; each only spawns a background task.
@@ -531,7 +536,7 @@ class PoolState(Generic[R]):
         self.connecting -= 1
         self.created += 1
         self.last_connect_error = None
-        self.connect_failures = 0
+        self.connect_failures = 0  # the outage, if any, is over
         self.retry_at = -math.inf
         now = self.now()
         entry = Entry(resource, now, self.cfg.max_lifetime)
@@ -554,18 +559,55 @@ class PoolState(Generic[R]):
                 logger.exception("watch() raised; the resource is checked when lent instead")
         if self.closed:
             self.discard(entry)
+        elif entry.expires_at == -math.inf or (self.is_closed is not None and self._known_closed(entry)):
+            # Dead on arrival (reported by ``watch`` already, or known to the
+            # connector): it may have died in the very turn its connect
+            # returned, before anyone was there to hear of it.
+            if entry.expires_at == -math.inf:
+                self.health_failures += 1  # (``_known_closed`` counts its own)
+            self.discard(entry)
         else:
             self._place(entry, now)
         self.on_change()
         return entry
 
-    def connect_failed(self, exc: BaseException) -> bool:
-        """A connect attempt failed; ``True`` if it should be retried."""
+    def may_connect(self) -> bool:
+        """May a connect start now? Always, unless connecting is failing:
+        then one at a time (the probe), once the backoff has passed. The
+        others wait for its outcome; when it succeeds they all go at once
+        (``connected`` ends the outage). So a server that is down sees one
+        attempt per backoff step, however many tasks wait, and one that comes
+        back gets the whole pool's connects at once."""
+        return not self.connect_failures or (not self.probing and self.now() >= self.retry_at)
+
+    def begin_connect(self) -> bool:
+        """A connect starts (``may_connect`` said so); ``True`` if it is the
+        outage's probe."""
+        if self.connect_failures:
+            self.probing = True
+            return True
+        return False
+
+    def end_connect(self, probe: bool) -> None:
+        """A connect ended in any way (before ``connected``/``connect_failed``)."""
+        if probe:
+            self.probing = False
+            self.on_change()
+
+    def connect_failed(self, exc: BaseException, probe: bool) -> bool:
+        """A connect attempt failed; ``True`` if it should be retried. The
+        first failure of an outage and each failed probe take the backoff a
+        step further; connects that were already under way when the outage
+        began fail without escalating it."""
         self.connect_errors += 1
         self.last_connect_error = exc
-        cfg = self.cfg
-        self.retry_at = self.now() + backoff_delay(self.connect_failures, cfg.reconnect_delay, cfg.reconnect_max_delay)
-        self.connect_failures += 1
+        if probe or not self.connect_failures:
+            cfg = self.cfg
+            self.retry_at = self.now() + backoff_delay(
+                self.connect_failures, cfg.reconnect_delay, cfg.reconnect_max_delay
+            )
+            self.connect_failures += 1
+        self.on_change()
         return self.keep_connecting()
 
     def keep_connecting(self) -> bool:

@@ -149,3 +149,43 @@ async def test_a_resource_that_died_as_its_health_check_answered_is_not_kept() -
         async with pool.acquire() as res:
             assert res is not first
     connector.assert_all_closed_once()
+
+
+class DeadOnArrivalConnector(WatchingConnector):
+    """The first resource dies in the very turn its connect returns: its
+    death is reported as soon as the pool asks to hear of it (``watch``)."""
+
+    async def connect(self) -> FakeResource:
+        resource = await super().connect()
+        if len(self.created) == 1:
+            resource.dead = True
+        return resource
+
+    def watch(self, resource: FakeResource, dead: Callable[[], None]) -> None:
+        if resource.dead:
+            dead()
+        else:
+            super().watch(resource, dead)
+
+
+class DeadOnArrivalClosedConnector(FakeConnector):
+    """The same, known only through the local ``is_closed`` check."""
+
+    async def connect(self) -> FakeResource:
+        resource = await super().connect()
+        if len(self.created) == 1:
+            resource.dead = True
+        return resource
+
+    def is_closed(self, resource: FakeResource) -> bool:
+        return resource.closed
+
+
+@pytest.mark.parametrize("connector_class", [DeadOnArrivalConnector, DeadOnArrivalClosedConnector])
+async def test_a_resource_dead_on_arrival_is_never_placed(connector_class: type[FakeConnector]) -> None:
+    connector = connector_class()
+    async with AsyncPool(connector, max_size=1, timeout=5) as pool:
+        async with pool.acquire() as res:
+            assert res is not connector.created[0]
+        assert pool.stats().health_failures == 1
+    connector.assert_all_closed_once()

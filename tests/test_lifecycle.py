@@ -215,6 +215,51 @@ async def test_close_racing_an_inflight_connect_leaks_nothing() -> None:
     connector.assert_all_closed_once()  # whatever was created was closed
 
 
+async def test_close_lets_a_connect_in_flight_finish_and_closes_what_it_brings() -> None:
+    # Cutting a connect off half-way is what some drivers cannot take
+    # (asyncpg leaves a future nobody retrieves): close() waits for it.
+    connector = FakeConnector(connect_delay=0.2)
+    pool = AsyncPool(connector, min_size=2, max_size=2)
+    await pool.open()
+    await anyio.sleep(0.05)
+    assert connector.connecting == 2
+    with anyio.fail_after(2):
+        await pool.close()
+    assert connector.connecting == 0, "no connect was cut off"
+    assert len(connector.created) == 2
+    assert pool.stats().size == 0
+    connector.assert_all_closed_once()
+
+
+async def test_close_with_a_timeout_cuts_off_a_connect_that_outlives_it() -> None:
+    connector = FakeConnector()
+    connector.connect_hang = 1.0
+    pool = AsyncPool(connector, min_size=1, max_size=1, connect_timeout=30)
+    await pool.open()
+    await anyio.sleep(0.05)
+    started = time.monotonic()
+    with anyio.fail_after(2):
+        await pool.close(timeout=0.1)
+    assert time.monotonic() - started < 1
+    assert connector.connecting == 0
+    assert pool.stats().size == 0
+
+
+async def test_close_stops_a_connect_waiting_out_its_backoff_at_once() -> None:
+    connector = FakeConnector()
+    connector.connect_fail = 1.0
+    pool = AsyncPool(connector, min_size=1, max_size=1, reconnect_delay=5.0, reconnect_max_delay=5.0)
+    await pool.open()
+    with anyio.fail_after(2):
+        while connector.connect_attempts < 1:
+            await anyio.sleep(0.005)
+    await anyio.sleep(0.01)  # now in its backoff sleep
+    started = time.monotonic()
+    await pool.close()
+    assert time.monotonic() - started < 1
+    assert pool.stats().size == 0
+
+
 async def test_close_waits_for_slow_closes(connector: FakeConnector) -> None:
     connector.close_delay = 0.2
     pool = AsyncPool(connector, min_size=2, max_size=2)

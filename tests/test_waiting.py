@@ -9,7 +9,7 @@ import pytest
 
 from asyncpool import AsyncPool, PoolBusy, PoolError, PoolTimeout
 
-from .fakes import FakeConnector, FakeError, check_invariants
+from .fakes import FakeConnector, FakeError, FakeResource, check_invariants
 
 pytestmark = pytest.mark.anyio
 
@@ -235,3 +235,61 @@ async def test_resource_goes_straight_to_the_longest_waiter(connector: FakeConne
             await pool.release(held)
             assert pool.stats().idle == 0, "handed over, not parked as idle"
         assert got == [held]
+
+
+class _TimedConnector(FakeConnector):
+    """Records when each connect attempt started and each resource arrived."""
+
+    def __init__(self) -> None:
+        super().__init__(connect_delay=0.001)
+        self.attempted_at: list[float] = []
+        self.created_at: list[float] = []
+
+    async def connect(self) -> FakeResource:
+        self.attempted_at.append(time.monotonic())
+        resource = await super().connect()
+        self.created_at.append(time.monotonic())
+        return resource
+
+
+async def test_an_outage_is_probed_one_connect_at_a_time_however_many_tasks_ask() -> None:
+    # Twenty tasks keep asking during a one-second outage. Each new waiter
+    # used to start a connect that tried at once and backed off on its own;
+    # the pool now backs off as one: one attempt per backoff step.
+    connector = _TimedConnector()
+    connector.connect_fail = 1.0
+    async with AsyncPool(connector, max_size=4, reconnect_delay=0.02, reconnect_max_delay=0.64) as pool:
+
+        async def ask() -> None:
+            with anyio.move_on_after(1.0):
+                while True:
+                    try:
+                        async with pool.acquire(timeout=0.05):
+                            pass
+                    except PoolTimeout:
+                        pass
+                    await anyio.sleep(0.02)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(ask)
+        attempts = connector.attempted_at
+        # Backoff 0.02 s doubling, with jitter in [d/2, d]: at most 8 steps
+        # fit in a second, plus the first attempts of the outage.
+        assert 2 <= len(attempts) <= 14, len(attempts)
+
+
+async def test_the_pool_refills_at_once_when_connecting_works_again() -> None:
+    connector = _TimedConnector()
+    connector.connect_fail = 1.0
+    pool = AsyncPool(connector, min_size=4, max_size=4, reconnect_delay=0.05, reconnect_max_delay=1.0)
+    await pool.open()
+    await anyio.sleep(1.2)  # the backoff has grown to about a second
+    connector.connect_fail = 0.0
+    with anyio.fail_after(3):
+        while pool.stats().idle < 4:
+            await anyio.sleep(0.005)
+    # The probe's success ends the outage for every waiting connect.
+    assert connector.created_at[-1] - connector.created_at[0] < 0.1, connector.created_at
+    await pool.close()
+    connector.assert_all_closed_once()
