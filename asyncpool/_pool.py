@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, final
 
 from ._backends import Backend, TaskHandle, current_backend
-from ._config import PoolConfig, check_seconds
+from ._config import MAX_INT_SECONDS, PoolConfig, check_flag, check_seconds
 from ._connector import Connector, as_connector
 from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
 from ._lease import Lease
@@ -92,6 +92,7 @@ class AsyncPool(Generic[R]):
             reconnect_delay=reconnect_delay,
             reconnect_max_delay=reconnect_max_delay,
         )
+        check_flag("background_reset", background_reset)
         self._connector: Connector[R] = as_connector(connector)
         self._reset: Callable[[R], Awaitable[None]] | None = (
             None if getattr(self._connector, "reset_is_noop", False) else self._connector.reset
@@ -329,8 +330,22 @@ class AsyncPool(Generic[R]):
         ``timeout`` (seconds) bounds the whole wait, including validation and
         connecting; ``None`` means the pool's ``timeout``. Raises
         ``PoolTimeout``, ``PoolBusy`` (``max_waiting`` reached) or
-        ``PoolClosed``.
+        ``PoolClosed``; ``ValueError`` at once for a ``timeout`` that is not
+        a number of seconds >= 0.
         """
+        if timeout is not None:
+            # Checked here, on every call: ``Lease.__aenter__`` does not read
+            # the timeout when it lends an idle resource (the hot path stays
+            # as it is), so a bad one would pass while the pool is quiet and
+            # fail only under load; and ``_deadline`` opens the pool before it
+            # gets to check one. A plain float or int in range passes the
+            # inline test; NaN, negatives and ints too large for a float
+            # deadline fail it. Anything else takes the full check, which
+            # refuses bools, as ``PoolConfig`` does: ``True >= 0`` holds, so
+            # ``timeout=True`` would silently mean one second.
+            cls: type = timeout.__class__
+            if not ((cls is float and timeout >= 0.0) or (cls is int and 0 <= timeout <= MAX_INT_SECONDS)):
+                check_seconds("timeout", timeout, allow_zero=True)
         lease: Lease[R] = Lease()
         lease._pool = self
         lease._timeout = timeout
