@@ -267,15 +267,20 @@ class FaultProxy:
     def resume(self) -> None:
         self._call(self._resume)
 
-    def set_latency(self, seconds: float) -> None:
-        """Delay each chunk by ``seconds``, both ways (0: no delay)."""
+    def set_latency(self, seconds: float, duration: float | None = None) -> None:
+        """Delay each chunk by ``seconds``, both ways (0: no delay), for
+        ``duration`` seconds (``None``: until changed)."""
 
         def do() -> None:
             self._latency = seconds
             if seconds:
                 self.faults["latency"] += 1
+            self._later("latency", duration, self._no_latency)
 
         self._call(do)
+
+    def _no_latency(self) -> None:
+        self._latency = 0.0
 
     def refuse(self, seconds: float | None = None) -> None:
         """Refuse new connects until ``allow()`` (or ``seconds``)."""
