@@ -1,9 +1,10 @@
 """Sessions: ``tests`` (every Python 3.10-3.13 this machine has), ``lint``,
-``typecheck``, ``bench``, ``demo``.
+``typecheck``, ``bench``, ``soak``, ``demo``.
 
     nox -s tests        # the test suite; PostgreSQL tests need the local server
     nox -s demo         # the trade-logger demo against PostgreSQL
     nox -s bench        # benchmarks; writes their tables into README.md
+    nox -s soak         # the full soak against PostgreSQL; writes its summary into README.md
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def bench(session: nox.Session) -> None:
     quick = ["--quick"] if "quick" in session.posargs else []
     session.run("python", "benchmarks/bench_core.py", "--readme", "README.md", *quick)
     session.run("python", "benchmarks/bench_pg.py", "--readme", "README.md", *quick)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """Faults every 100 ms and random cancellations for 60 s per pool: asyncpool,
+    asyncpg's pool and psycopg_pool in one run (``-- --duration 10`` for a short
+    one; the test suite runs an 8 s one of asyncpool alone)."""
+    install_project(session, *BENCH_DEPS, "psycopg[binary]>=3.1", "psycopg-pool>=3.2")
+    session.run("python", "benchmarks/soak.py", "--readme", "README.md", *session.posargs)
 
 
 @nox.session(python="3.11")
