@@ -1,5 +1,5 @@
-"""Small tools the PostgreSQL tests share: backend counting, waiting, a
-freezable TCP proxy, and control of the local server."""
+"""Small tools the PostgreSQL tests share: backend counting, waiting, and
+control of the local server (the fault proxy is ``tests/faultproxy.py``)."""
 
 from __future__ import annotations
 
@@ -88,67 +88,6 @@ async def wait_for_backends(
         if time.monotonic() > deadline:
             raise AssertionError(f"expected {count} backends named {application_name!r}, found {len(pids)}: {pids}")
         await asyncio.sleep(0.02)
-
-
-class FreezableProxy:
-    """A TCP proxy in front of the server whose traffic can be held.
-
-    While frozen, bytes in both directions wait in the proxy: to the client
-    the server looks like a half-open connection that never answers.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._open = asyncio.Event()
-        self._open.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def freeze(self) -> None:
-        self._open.clear()
-
-    def thaw(self) -> None:
-        self._open.set()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for writer in self._writers:
-            writer.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            server_reader, server_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            client_writer.close()
-            return
-        self._writers += [client_writer, server_writer]
-        for reader, writer in ((client_reader, server_writer), (server_reader, client_writer)):
-            task = asyncio.get_running_loop().create_task(self._pump(reader, writer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                await self._open.wait()
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
 
 
 class LocalServer:

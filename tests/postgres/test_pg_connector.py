@@ -18,14 +18,13 @@ import pytest
 from asyncpool import AsyncPool, PoolTimeout
 from asyncpool.asyncpg import AsyncpgConnector
 
+from ..faultproxy import FaultProxy
 from ._helpers import (
-    FreezableProxy,
     backend_pids,
     internals,
     loop_errors,
     wait_for_backends,
     wait_until,
-    with_port,
 )
 
 pytestmark = [pytest.mark.postgres]
@@ -139,51 +138,39 @@ async def test_validate_fails_without_a_round_trip_when_closed(make_connector: M
 
 
 @pytest.mark.asyncio
-async def test_validate_gives_up_on_a_server_that_stopped_answering(pg_dsn: str) -> None:
-    target = urlsplit(pg_dsn)
-    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await proxy.start()
-    connector = AsyncpgConnector(with_port(pg_dsn, proxy.port), validate_timeout=0.3)
-    try:
-        conn = await connector.connect()
-        proxy.freeze()  # a half-open TCP connection: nothing comes back
-        started = time.monotonic()
-        assert await connector.validate(conn) is False
-        assert time.monotonic() - started < 2.0
-        assert conn.is_closed()  # terminated, so closing it cannot hang either
-        await connector.close(conn)
-    finally:
-        proxy.thaw()
-        await proxy.close()
+async def test_validate_gives_up_on_a_server_that_stopped_answering(proxied_dsn: str, fault_proxy: FaultProxy) -> None:
+    connector = AsyncpgConnector(proxied_dsn, validate_timeout=0.3)
+    conn = await connector.connect()
+    fault_proxy.stall()  # a half-open TCP connection: nothing comes back
+    started = time.monotonic()
+    assert await connector.validate(conn) is False
+    assert time.monotonic() - started < 2.0
+    assert conn.is_closed()  # terminated, so closing it cannot hang either
+    await connector.close(conn)
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("policy", ["full", "rollback"])
-async def test_a_reset_on_a_server_that_stopped_answering_is_bounded(pg_dsn: str, policy: str) -> None:
-    target = urlsplit(pg_dsn)
-    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await proxy.start()
-    connector = AsyncpgConnector(with_port(pg_dsn, proxy.port), reset=policy, reset_timeout=0.4)
-    try:
-        async with AsyncPool(connector, max_size=1, timeout=5, background_reset=False) as pool:
-            conn = await pool.acquire()
-            if policy == "rollback":
-                await conn.execute("BEGIN")  # so that the reset has a round trip to make
-            proxy.freeze()  # a half-open TCP connection: the reset never hears back
-            started = time.monotonic()
-            await pool.release(conn)
-            took = time.monotonic() - started
-            assert 0.35 < took < 2.0, took  # reset_timeout, checked every reset_timeout / 2
-            assert conn.is_closed()  # terminated, and retired
-            stats = pool.stats()
-            assert (stats.destroyed, stats.in_use, stats.idle) == (1, 0, 0), stats
-            proxy.thaw()
-            async with pool.acquire() as fresh:
-                assert fresh is not conn
-                assert await fresh.fetchval("SELECT 1") == 1
-    finally:
-        proxy.thaw()
-        await proxy.close()
+async def test_a_reset_on_a_server_that_stopped_answering_is_bounded(
+    proxied_dsn: str, fault_proxy: FaultProxy, policy: str
+) -> None:
+    connector = AsyncpgConnector(proxied_dsn, reset=policy, reset_timeout=0.4)
+    async with AsyncPool(connector, max_size=1, timeout=5, background_reset=False) as pool:
+        conn = await pool.acquire()
+        if policy == "rollback":
+            await conn.execute("BEGIN")  # so that the reset has a round trip to make
+        fault_proxy.stall()  # a half-open TCP connection: the reset never hears back
+        started = time.monotonic()
+        await pool.release(conn)
+        took = time.monotonic() - started
+        assert 0.35 < took < 2.0, took  # reset_timeout, checked every reset_timeout / 2
+        assert conn.is_closed()  # terminated, and retired
+        stats = pool.stats()
+        assert (stats.destroyed, stats.in_use, stats.idle) == (1, 0, 0), stats
+        fault_proxy.resume()
+        async with pool.acquire() as fresh:
+            assert fresh is not conn
+            assert await fresh.fetchval("SELECT 1") == 1
 
 
 @pytest.mark.asyncio
@@ -423,31 +410,26 @@ async def test_cancel_storm_never_hands_out_a_connection_in_mid_operation(
 
 
 @pytest.mark.asyncio
-async def test_a_cancellation_that_never_settles_gets_the_connection_terminated(pg_dsn: str) -> None:
-    target = urlsplit(pg_dsn)
-    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await proxy.start()
-    connector = AsyncpgConnector(with_port(pg_dsn, proxy.port), reset="rollback", validate_timeout=0.3)
-    try:
-        async with AsyncPool(connector, max_size=1, timeout=5) as pool:
-            conn = await pool.acquire()
-            query = asyncio.create_task(conn.execute("SELECT pg_sleep(0.5)"))
-            await asyncio.sleep(0.1)
-            proxy.freeze()  # neither the cancel request nor the reply gets through
-            query.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await query
-            started = time.monotonic()
-            await pool.release(conn)
-            assert time.monotonic() - started < 2.0
-            assert conn.is_closed()
-            proxy.thaw()
-            async with pool.acquire() as fresh:
-                assert fresh is not conn
-                assert await fresh.fetchval("SELECT 1") == 1
-    finally:
-        proxy.thaw()
-        await proxy.close()
+async def test_a_cancellation_that_never_settles_gets_the_connection_terminated(
+    proxied_dsn: str, fault_proxy: FaultProxy
+) -> None:
+    connector = AsyncpgConnector(proxied_dsn, reset="rollback", validate_timeout=0.3)
+    async with AsyncPool(connector, max_size=1, timeout=5) as pool:
+        conn = await pool.acquire()
+        query = asyncio.create_task(conn.execute("SELECT pg_sleep(0.5)"))
+        await asyncio.sleep(0.1)
+        fault_proxy.stall()  # neither the cancel request nor the reply gets through
+        query.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await query
+        started = time.monotonic()
+        await pool.release(conn)
+        assert time.monotonic() - started < 2.0
+        assert conn.is_closed()
+        fault_proxy.resume()
+        async with pool.acquire() as fresh:
+            assert fresh is not conn
+            assert await fresh.fetchval("SELECT 1") == 1
 
 
 @pytest.mark.asyncio
