@@ -68,11 +68,12 @@ import asyncpg
 from _common import machine_info, markdown_table, percentile, replace_readme_section
 
 from asyncpool import AsyncPool, Connector, PoolTimeout
-from asyncpool.asyncpg import AsyncpgConnector, SessionEndedError
+from asyncpool.asyncpg import SessionEndedError
 
 # The fault proxy is the test suite's; run as a script, the repository's
 # root is not on the path yet.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.counting import CountingConnector
 from tests.faultproxy import FaultProxy
 
 __all__ = ["SoakReport", "main", "run_soak"]
@@ -155,34 +156,12 @@ class Contender(Protocol):
     async def close(self) -> None: ...
 
 
-class _CountingConnector:
-    """Passes everything on to an ``AsyncpgConnector``, counting closes per
-    connection (a connection closed twice is a failure)."""
-
-    def __init__(self, inner: AsyncpgConnector) -> None:
-        self._inner = inner
-        #: By id, with the connection itself kept alive so no id is reused.
-        self.closes: dict[int, tuple[Any, int]] = {}
-        self.background_reset = inner.background_reset
-        self.is_closed = inner.is_closed
-        self.idle_limit = inner.idle_limit
-        self.watch = inner.watch
-        self.validate = inner.validate
-        self.reset = inner.reset
-        self.connect = inner.connect
-
-    async def close(self, conn: Any) -> None:
-        _conn, count = self.closes.get(id(conn), (conn, 0))
-        self.closes[id(conn)] = (conn, count + 1)
-        await self._inner.close(conn)
-
-
 class AsyncpoolContender:
     name = "asyncpool"
     timeout_errors: tuple[type[BaseException], ...] = (PoolTimeout,)
 
     def __init__(self, dsn: str, size: int, app_name: str) -> None:
-        self.connector = _CountingConnector(AsyncpgConnector(dsn, server_settings={"application_name": app_name}))
+        self.connector = CountingConnector(dsn, server_settings={"application_name": app_name})
         connector: Connector[Any] = self.connector
         self.pool: AsyncPool[Any] = AsyncPool(connector, min_size=size, max_size=size, timeout=2.0, name="soak")
 
@@ -401,7 +380,7 @@ async def run_soak(
             )
             await admin.close()
     if isinstance(contender, AsyncpoolContender):
-        report.closed_twice = sum(1 for _conn, count in contender.connector.closes.values() if count > 1)
+        report.closed_twice = contender.connector.closed_twice()
     return report
 
 

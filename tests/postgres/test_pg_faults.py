@@ -24,8 +24,9 @@ import asyncpg
 import pytest
 
 from asyncpool import AsyncPool, PoolClosed, PoolTimeout
-from asyncpool.asyncpg import AsyncpgConnector, SessionEndedError
+from asyncpool.asyncpg import SessionEndedError
 
+from ..counting import CountingConnector
 from ..faultproxy import FaultProxy
 from ._helpers import wait_for_backends
 
@@ -56,38 +57,6 @@ def _seed() -> int:
     seed = int(os.environ.get("ASYNCPOOL_SEED", random.randrange(1 << 32)))
     print(f"seed {seed} (replay with ASYNCPOOL_SEED={seed})")
     return seed
-
-
-class CountingConnector:
-    """An ``AsyncpgConnector`` that records connect attempts and closes."""
-
-    def __init__(self, dsn: str, app_name: str, **kwargs: Any) -> None:
-        kwargs.setdefault("server_settings", {"application_name": app_name})
-        self._inner = AsyncpgConnector(dsn, **kwargs)
-        self.attempts: list[float] = []
-        #: Connections by id, kept alive so no id is reused, with their closes.
-        self.closes: dict[int, tuple[Any, int]] = {}
-        self.background_reset = self._inner.background_reset
-        self.is_closed = self._inner.is_closed
-        self.idle_limit = self._inner.idle_limit
-        self.watch = self._inner.watch
-        self.validate = self._inner.validate
-        self.reset = self._inner.reset
-
-    async def connect(self) -> Any:
-        self.attempts.append(time.monotonic())
-        conn = await self._inner.connect()
-        self.closes[id(conn)] = (conn, 0)
-        return conn
-
-    async def close(self, conn: Any) -> None:
-        _conn, count = self.closes.get(id(conn), (conn, 0))
-        self.closes[id(conn)] = (conn, count + 1)
-        await self._inner.close(conn)
-
-    def assert_all_closed_once(self) -> None:
-        wrong = [count for _conn, count in self.closes.values() if count != 1]
-        assert not wrong, f"connections not closed exactly once: {wrong}"
 
 
 #: What a caller may see when its connection dies under its query.
@@ -162,7 +131,7 @@ async def _close_and_check(pool: AsyncPool[Any], connector: CountingConnector, a
 async def test_a_network_cut_mid_query_reaches_only_the_queries_in_flight(
     proxied_dsn: str, fault_proxy: FaultProxy, admin: Admin, app_name: str
 ) -> None:
-    connector = CountingConnector(proxied_dsn, app_name)
+    connector = CountingConnector(proxied_dsn, server_settings={"application_name": app_name})
     pool: AsyncPool[Any] = AsyncPool(connector, min_size=4, max_size=4, timeout=5)
     await pool.open(wait=True)
     outcomes = Outcomes()
@@ -191,7 +160,7 @@ async def test_a_network_cut_mid_query_reaches_only_the_queries_in_flight(
 async def test_a_stall_during_validation_is_bounded_and_the_connection_replaced(
     proxied_dsn: str, fault_proxy: FaultProxy, admin: Admin, app_name: str
 ) -> None:
-    connector = CountingConnector(proxied_dsn, app_name, validate_timeout=0.3)
+    connector = CountingConnector(proxied_dsn, server_settings={"application_name": app_name}, validate_timeout=0.3)
     pool: AsyncPool[Any] = AsyncPool(connector, max_size=1, validate_after=0.05, timeout=5)
     async with pool.acquire() as first:
         pass
@@ -214,7 +183,7 @@ async def test_a_stall_during_validation_is_bounded_and_the_connection_replaced(
 async def test_connects_refused_for_a_while_time_out_waiters_with_the_cause_then_recover(
     proxied_dsn: str, fault_proxy: FaultProxy, admin: Admin, app_name: str
 ) -> None:
-    connector = CountingConnector(proxied_dsn, app_name)
+    connector = CountingConnector(proxied_dsn, server_settings={"application_name": app_name})
     pool: AsyncPool[Any] = AsyncPool(connector, max_size=2, reconnect_delay=0.05, reconnect_max_delay=0.4)
     fault_proxy.refuse()
     refused_at = time.monotonic()
@@ -249,7 +218,7 @@ async def test_terminated_backends_and_cancellations_under_load_never_reach_a_ca
     # The chaos run: 100 tasks, a backend of the pool terminated every 50 ms,
     # a task cancelled every 10 ms, for 4 s.
     rng = random.Random(_seed())
-    connector = CountingConnector(pg_dsn, app_name)
+    connector = CountingConnector(pg_dsn, server_settings={"application_name": app_name})
     pool: AsyncPool[Any] = AsyncPool(connector, min_size=2, max_size=10, timeout=2.0, health_check_interval=0.2)
     await pool.open(wait=True)
     outcomes = Outcomes()
@@ -298,7 +267,7 @@ async def test_terminated_backends_and_cancellations_under_load_never_reach_a_ca
 async def test_max_lifetime_recycles_connections_under_load_unseen_by_callers(
     pg_dsn: str, admin: Admin, app_name: str
 ) -> None:
-    connector = CountingConnector(pg_dsn, app_name)
+    connector = CountingConnector(pg_dsn, server_settings={"application_name": app_name})
     pool: AsyncPool[Any] = AsyncPool(connector, min_size=4, max_size=4, max_lifetime=0.3, timeout=5)
     await pool.open(wait=True)
     outcomes = Outcomes()
@@ -312,7 +281,7 @@ async def test_max_lifetime_recycles_connections_under_load_unseen_by_callers(
 async def test_close_under_load_fails_the_waiters_and_leaves_nothing_behind(
     proxied_dsn: str, fault_proxy: FaultProxy, admin: Admin, app_name: str
 ) -> None:
-    connector = CountingConnector(proxied_dsn, app_name)
+    connector = CountingConnector(proxied_dsn, server_settings={"application_name": app_name})
     pool: AsyncPool[Any] = AsyncPool(connector, min_size=4, max_size=4, timeout=10)
     await pool.open(wait=True)
     fault_proxy.set_latency(0.01)
