@@ -79,7 +79,7 @@ class Lease(Generic[R]):
                     return ready
                 # No done-future for this library (trio): the acquire is a
                 # checkpoint, as the library's conventions ask.
-                return pool._checkpoint_lent(entry)
+                return pool._checkpoint_lent(entry, self)
         elif pool._opened and not state.closed and waiters.live < pool._max_waiting:
             timeout = self._timeout
             if timeout is None:
@@ -94,7 +94,9 @@ class Lease(Generic[R]):
         entry = state.checkout() if state.idle and not state.waiters.live else None
         if entry is not None and entry.state == LEASED:
             if pool._checkpoint is not None:
-                await pool._checkpoint_lent(entry)
+                self._entry = entry
+                entry.owner = self
+                return await pool._checkpoint_lent(entry, self)
         else:
             entry = await pool._acquire_until(pool._deadline(self._timeout, entry), entry, self)
         self._entry = entry

@@ -85,7 +85,7 @@ async def connect_worker(pool: AsyncPool[Any], slot: ConnectSlot) -> None:
         slot.settled = True
         if state.last_connect_error is not None:
             logger.info("pool%s: connecting works again", pool._label)
-        state.connected(resource)
+        state.connected(resource, probe)
         return
 
 

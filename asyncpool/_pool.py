@@ -307,7 +307,8 @@ class AsyncPool(Generic[R]):
         st = self._state
         if self._connect_news is None or self._connect_news.is_set():
             self._connect_news = self._backend.event()
-        wait = None if st.probing else max(0.0, st.retry_at - self._backend.now())
+        until = st.probe_until if st.probes else st.retry_at
+        wait = max(0.0, until - self._backend.now())
         try:
             await self._backend.call_with_timeout(wait, self._connect_news.wait)
         except TimeoutError:
@@ -328,7 +329,9 @@ class AsyncPool(Generic[R]):
         """Borrow a resource: ``await`` it, or use it as ``async with``.
 
         ``timeout`` (seconds) bounds the whole wait, including validation and
-        connecting; ``None`` means the pool's ``timeout``. Raises
+        connecting; ``None`` means the pool's ``timeout``; ``0`` never waits
+        for a release or a connect, but still validates an idle resource that
+        is due (bounded by ``cleanup_timeout``). Raises
         ``PoolTimeout``, ``PoolBusy`` (``max_waiting`` reached) or
         ``PoolClosed``; ``ValueError`` at once for a ``timeout`` that is not
         a number of seconds >= 0.
@@ -366,11 +369,13 @@ class AsyncPool(Generic[R]):
                 st.turned_away()
         raise PoolBusy(f"no idle resource in pool{self._label}")
 
-    async def _checkpoint_lent(self, entry: Entry[R]) -> R:
+    async def _checkpoint_lent(self, entry: Entry[R], lease: Lease[R]) -> R:
         """Make an acquire that did not wait a checkpoint too (trio).
 
-        The entry is already lent; if the checkpoint is cancelled it is
-        released again (reset is not needed: nobody used it).
+        The entry is already lent to ``lease``; if the checkpoint is
+        cancelled it is released again (reset is not needed: nobody used
+        it). If it died during the checkpoint (``PoolState.died``), it is
+        retired and ``lease`` acquires anew.
         """
         try:
             await self._checkpoint()  # type: ignore[misc]
@@ -384,6 +389,15 @@ class AsyncPool(Generic[R]):
             # waiter (``PoolState.taken``), never return a destroyed resource.
             self._state.entries.pop(entry.key, None)
             raise self._state.closed_error()
+        if entry.expires_at == -math.inf:
+            # It died during the checkpoint: nobody got it, so it goes back
+            # (and is retired there), and the lease tries again.
+            st = self._state
+            st.acquired -= 1
+            entry.state = RETURNING
+            entry.owner = None
+            st.checkin(entry)
+            return await lease._enter()
         return entry.resource
 
     def _deadline(self, timeout: float | None, entry: Entry[R] | None) -> float:
@@ -424,8 +438,10 @@ class AsyncPool(Generic[R]):
         """
         st = self._state
         check_by = deadline
+        callers_bound = True
         if deadline <= self._backend.now():
             check_by = self._backend.now() + self._config.cleanup_timeout
+            callers_bound = False
         while True:
             if st.closed:
                 # Closed already, or while we validated a resource that
@@ -449,14 +465,17 @@ class AsyncPool(Generic[R]):
             if entry.state == LEASED:
                 return entry
             if entry.suspect:
-                ok = await self._validate_assigned(entry, check_by)
+                ok = await self._validate_assigned(entry, check_by, callers_bound)
                 if not ok:
                     entry = None
                     continue
             st.lend(entry)
             return entry
 
-    async def _validate_assigned(self, entry: Entry[R], deadline: float) -> bool:
+    async def _validate_assigned(self, entry: Entry[R], deadline: float, callers_bound: bool) -> bool:
+        """Validate an entry the acquirer took, until ``deadline``: the
+        caller's own (``callers_bound``), or the pool's ``cleanup_timeout``
+        for a caller that may not wait (``timeout=0``)."""
         st = self._state
         backend = self._backend
         remaining = deadline - backend.now()
@@ -474,7 +493,7 @@ class AsyncPool(Generic[R]):
             )
         except TimeoutError:
             st.discard(entry)  # interrupted mid-check: its state is unknown
-            if remaining < cleanup_timeout:
+            if callers_bound and remaining < cleanup_timeout:
                 # Our own deadline cut the check short: that says nothing
                 # about the resource's health, and we must not try others.
                 raise st.timeout_error() from None
@@ -651,8 +670,11 @@ class AsyncPool(Generic[R]):
                 self._maintenance.cancel()
             if self._ticks is not None:
                 self._ticks.cancel()
+            no_bound = self._config.connect_timeout is None
             for slot, handle in list(self._connects.items()):
-                if not slot.connecting:
+                # (With no connect_timeout a connect in flight has no bound
+                # to end on: cut off, rather than wait for it forever.)
+                if not slot.connecting or no_bound:
                     handle.cancel()
             self._on_change()
         drained = self._drained

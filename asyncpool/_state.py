@@ -40,6 +40,12 @@ from ._backends import WaitAgain
 from ._config import PoolConfig
 from ._errors import PoolClosed, PoolTimeout
 
+
+class DeadOnArrival(ConnectionError):
+    """The cause of a ``PoolTimeout`` when connects brought resources that
+    were already closed (a server that accepts and ends every session)."""
+
+
 if TYPE_CHECKING:
     from ._backends import Taker, WaitQueue
 
@@ -52,6 +58,7 @@ __all__ = [
     "IDLE",
     "LEASED",
     "RETURNING",
+    "DeadOnArrival",
     "Entry",
     "PoolState",
     "backoff_delay",
@@ -177,7 +184,8 @@ class PoolState(Generic[R]):
         "make_ready",
         "now",
         "on_change",
-        "probing",
+        "probe_until",
+        "probes",
         "rejected",
         "retry_at",
         "size",
@@ -238,8 +246,11 @@ class PoolState(Generic[R]):
         #: can bypass it.
         self.connect_failures = 0
         self.retry_at = -math.inf
-        #: During an outage, one connect at a time tries (the probe).
-        self.probing = False
+        #: During an outage, one connect at a time tries (the probe): how many
+        #: run (more than one only once a hung one's claim lapsed), and
+        #: until when the latest holds its claim.
+        self.probes = 0
+        self.probe_until = -math.inf
         self.now: Callable[[], float] = _no_clock
         self.waiters: WaitQueue = None  # type: ignore[assignment]  # set by open()
         # Hooks into the async shell; each only spawns a background task.
@@ -339,6 +350,7 @@ class PoolState(Generic[R]):
                 continue
             if now - entry.last_ok > validate_window:
                 entry.state = CLEANING
+                entry.owner = None  # no earlier clean-up's token may touch it
                 self.cleaning += 1
                 entry.suspect = True
                 return entry
@@ -353,6 +365,8 @@ class PoolState(Generic[R]):
         closed; ``True`` if it did."""
         if not self._known_closed(entry):
             return False
+        if entry.state == CLOSED:
+            return True  # the connector reported it dead as it answered (``died``)
         self.idle.pop()
         entry.state = ASSIGNED
         self.discard(entry)
@@ -382,8 +396,12 @@ class PoolState(Generic[R]):
     def validated(self, entry: Entry[R], ok: bool) -> bool:
         """Outcome of an acquirer validating the CLEANING ``entry`` it took;
         ``True`` if it may be lent."""
-        if ok and entry.expires_at == -math.inf:
-            ok = False  # it died after its check answered (``died``)
+        if entry.state == CLOSED:
+            return False  # retired while it was checked (close, or it died)
+        if entry.expires_at == -math.inf:
+            # It died after its check answered: ``died`` counted it.
+            self.discard(entry)
+            return False
         if ok:
             entry.last_ok = self.now()
             entry.suspect = False
@@ -402,6 +420,9 @@ class PoolState(Generic[R]):
         if entry.state == CLEANING:
             self.cleaning -= 1
             entry.state = RETURNING
+        # The clean-up is over: its token (``AsyncPool._return_done``) no
+        # longer applies to whatever happens to the entry next.
+        entry.owner = None
         now = self.clock()
         if self.closed or entry.expires_at <= now:
             self.discard(entry)
@@ -440,7 +461,10 @@ class PoolState(Generic[R]):
         on its way to a waiter) of a CLEANING entry."""
         if entry.state == CLOSED:
             return  # force_close() retired it while it was being checked
-        if not ok or entry.expires_at == -math.inf:  # (-inf: it died after the check, see ``died``)
+        if entry.expires_at == -math.inf:
+            self.discard(entry)  # it died after the check answered: ``died`` counted it
+            return
+        if not ok:
             self.health_failures += 1
             self.discard(entry)
             return
@@ -531,13 +555,11 @@ class PoolState(Generic[R]):
         if self.size < self.cfg.max_size and self.waiters.live > self.connecting:
             self.grow()
 
-    def connected(self, resource: R) -> Entry[R]:
-        """A connect attempt produced ``resource``."""
+    def connected(self, resource: R, probe: bool = False) -> Entry[R]:
+        """A connect attempt produced ``resource`` (``probe``: it was the
+        outage's probe, see ``may_connect``)."""
         self.connecting -= 1
         self.created += 1
-        self.last_connect_error = None
-        self.connect_failures = 0  # the outage, if any, is over
-        self.retry_at = -math.inf
         now = self.now()
         entry = Entry(resource, now, self.cfg.max_lifetime)
         entry.window = self.validate_window
@@ -562,43 +584,23 @@ class PoolState(Generic[R]):
         elif entry.expires_at == -math.inf or (self.is_closed is not None and self._known_closed(entry)):
             # Dead on arrival (reported by ``watch`` already, or known to the
             # connector): it may have died in the very turn its connect
-            # returned, before anyone was there to hear of it.
-            if entry.expires_at == -math.inf:
-                self.health_failures += 1  # (``_known_closed`` counts its own)
+            # returned, before anyone was there to hear of it. That is a
+            # failed connect: the backoff applies, or a server that accepts
+            # and at once ends every session would be hammered in a loop.
+            self._failed(DeadOnArrival("connect brought a resource that was already closed"), probe)
             self.discard(entry)
         else:
+            self.last_connect_error = None
+            self.connect_failures = 0  # the outage, if any, is over
+            self.retry_at = -math.inf
             self._place(entry, now)
         self.on_change()
         return entry
 
-    def may_connect(self) -> bool:
-        """May a connect start now? Always, unless connecting is failing:
-        then one at a time (the probe), once the backoff has passed. The
-        others wait for its outcome; when it succeeds they all go at once
-        (``connected`` ends the outage). So a server that is down sees one
-        attempt per backoff step, however many tasks wait, and one that comes
-        back gets the whole pool's connects at once."""
-        return not self.connect_failures or (not self.probing and self.now() >= self.retry_at)
-
-    def begin_connect(self) -> bool:
-        """A connect starts (``may_connect`` said so); ``True`` if it is the
-        outage's probe."""
-        if self.connect_failures:
-            self.probing = True
-            return True
-        return False
-
-    def end_connect(self, probe: bool) -> None:
-        """A connect ended in any way (before ``connected``/``connect_failed``)."""
-        if probe:
-            self.probing = False
-            self.on_change()
-
-    def connect_failed(self, exc: BaseException, probe: bool) -> bool:
-        """A connect attempt failed; ``True`` if it should be retried. The
-        first failure of an outage and each failed probe take the backoff a
-        step further; connects that were already under way when the outage
-        began fail without escalating it."""
+    def _failed(self, exc: BaseException, probe: bool) -> None:
+        """Record a failed connect. The first failure of an outage and each
+        failed probe take the backoff a step further; connects that were
+        already under way when the outage began fail without escalating it."""
         self.connect_errors += 1
         self.last_connect_error = exc
         if probe or not self.connect_failures:
@@ -607,6 +609,38 @@ class PoolState(Generic[R]):
                 self.connect_failures, cfg.reconnect_delay, cfg.reconnect_max_delay
             )
             self.connect_failures += 1
+
+    def may_connect(self) -> bool:
+        """May a connect start now? Always, unless connecting is failing:
+        then one at a time (the probe), once the backoff has passed. The
+        others wait for its outcome; when it succeeds they all go at once
+        (``connected`` ends the outage). So a server that is down sees one
+        attempt per backoff step, however many tasks wait, and one that comes
+        back gets the whole pool's connects at once."""
+        if not self.connect_failures:
+            return True
+        now = self.now()
+        return now >= self.retry_at and (not self.probes or now >= self.probe_until)
+
+    def begin_connect(self) -> bool:
+        """A connect starts (``may_connect`` said so); ``True`` if it is the
+        outage's probe. A probe that hangs (no ``connect_timeout``) holds its
+        claim for ``reconnect_max_delay`` only, then another may try."""
+        if self.connect_failures:
+            self.probes += 1
+            self.probe_until = self.now() + (self.cfg.connect_timeout or self.cfg.reconnect_max_delay)
+            return True
+        return False
+
+    def end_connect(self, probe: bool) -> None:
+        """A connect ended in any way (before ``connected``/``connect_failed``)."""
+        if probe:
+            self.probes -= 1
+            self.on_change()
+
+    def connect_failed(self, exc: BaseException, probe: bool) -> bool:
+        """A connect attempt failed; ``True`` if it should be retried."""
+        self._failed(exc, probe)
         self.on_change()
         return self.keep_connecting()
 
@@ -708,9 +742,10 @@ class PoolState(Generic[R]):
         its close never run at the same time.
         """
         state = entry.state
-        if state == CLOSED:
-            return
+        if state == CLOSED or entry.expires_at == -math.inf:
+            return  # retired already, or reported already
         entry.expires_at = -math.inf
+        self.health_failures += 1
         if state == IDLE:
             try:
                 self.idle.remove(entry)
@@ -721,7 +756,6 @@ class PoolState(Generic[R]):
             self.acquired -= 1  # handed over, never taken
         else:
             return
-        self.health_failures += 1
         self.discard(entry)
 
     def taken(self, entry: Entry[R], taker: Taker) -> R:

@@ -329,3 +329,42 @@ async def test_acquire_on_a_pool_closed_before_it_opened(connector: FakeConnecto
         await pool.acquire()
     with pytest.raises(PoolClosed):
         pool.acquire_nowait()
+
+
+class SignallingResetConnector(BackgroundResetConnector):
+    """Says when a reset ends, to wake a task in the same loop turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset_done = anyio.Event()
+
+    async def reset(self, resource: FakeResource) -> None:
+        await super().reset(resource)
+        self.reset_done.set()
+
+
+async def test_a_finished_background_reset_cannot_retire_the_resource_lent_after_it() -> None:
+    # The clean-up task's done-callback runs a loop turn after the reset put
+    # the resource back; an acquirer that takes it for validation in that
+    # turn must not lose it to the callback.
+    connector = SignallingResetConnector()
+    async with AsyncPool(connector, min_size=2, max_size=2, validate_after=0) as pool:
+        await pool.open(wait=True)
+        first = await pool.acquire()
+        got: list[FakeResource] = []
+
+        async def acquirer() -> None:
+            await connector.reset_done.wait()
+            got.append(await pool.acquire())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(acquirer)
+            await anyio.sleep(0)
+            await pool.release(first)  # reset off the caller's path
+        assert got and got[0].close_count == 0, got
+        check_invariants(pool)
+        await pool.release(got[0])
+        await anyio.sleep(0.05)
+        check_invariants(pool)
+        assert pool.stats().destroyed == 0
+    connector.assert_all_closed_once()

@@ -8,13 +8,14 @@ and closed exactly once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 
-from asyncpool import AsyncPool
+from asyncpool import AsyncPool, PoolTimeout
 
 from .fakes import FakeConnector, FakeResource, check_invariants
 
@@ -188,4 +189,119 @@ async def test_a_resource_dead_on_arrival_is_never_placed(connector_class: type[
         async with pool.acquire() as res:
             assert res is not connector.created[0]
         assert pool.stats().health_failures == 1
+    connector.assert_all_closed_once()
+
+
+async def test_a_waiter_put_back_after_a_death_does_not_hold_up_a_later_waiters_deadline() -> None:
+    # The first waiter is handed a resource that dies before it runs, and
+    # waits again at the head with no deadline; a second waiter's 0.2 s
+    # deadline must still be kept.
+    connector = WatchingConnector()
+    async with AsyncPool(connector, max_size=1, timeout=None) as pool:
+        held = await pool.acquire()
+        connector.connect_delay = 30  # the replacement is slow to come
+        outcome: list[str] = []
+
+        async def first() -> None:
+            async with pool.acquire():
+                pass
+
+        async def second() -> None:
+            started = time.monotonic()
+            try:
+                async with pool.acquire(timeout=0.2):
+                    outcome.append("lent")
+            except PoolTimeout:
+                outcome.append(f"timed out after {time.monotonic() - started:.2f} s")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            while pool.stats().waiting < 1:
+                await anyio.sleep(0.001)
+            await pool.release(held)  # handed to the first waiter, which has not run yet
+            connector.kill(held)
+            await anyio.sleep(0.01)
+            tg.start_soon(second)
+            with anyio.fail_after(2):
+                while not outcome:
+                    await anyio.sleep(0.01)
+            check_invariants(pool)
+            tg.cancel_scope.cancel()
+        assert outcome[0].startswith("timed out after 0.2"), outcome
+        await pool.close(timeout=0)
+
+
+async def test_resources_dead_on_arrival_count_as_failed_connects_and_back_off() -> None:
+    # A server that accepts and at once ends every session must not be
+    # hammered in a loop: each such connect is a failure, with the backoff.
+    connector = DeadOnArrivalEveryTimeConnector()
+    async with AsyncPool(connector, max_size=1, reconnect_delay=0.05, reconnect_max_delay=0.2) as pool:
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout) as caught:
+            await pool.acquire(timeout=1.0)
+        assert time.monotonic() - started >= 0.9
+        assert connector.connect_attempts <= 12, connector.connect_attempts
+        assert "already closed" in str(caught.value.__cause__)
+        stats = pool.stats()
+        assert stats.connect_errors == stats.created == connector.connect_attempts, stats
+
+
+class DeadOnArrivalEveryTimeConnector(WatchingConnector):
+    async def connect(self) -> FakeResource:
+        resource = await super().connect()
+        resource.dead = True
+        return resource
+
+    def is_closed(self, resource: FakeResource) -> bool:
+        return resource.closed
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("trio", {}), id="trio")])
+async def test_a_resource_reported_dead_during_the_acquire_checkpoint_is_not_lent() -> None:
+    # Under trio even an acquire that finds a resource idle is a checkpoint;
+    # a death reported during it is not the caller's to find out.
+    connector = WatchingConnector()
+    async with AsyncPool(connector, min_size=1, max_size=1) as pool:
+        await pool.open(wait=True)
+        first = connector.created[0]
+        got: list[FakeResource] = []
+
+        async def acquirer() -> None:
+            resource = await pool.acquire()
+            got.append(resource)
+            await pool.release(resource)
+
+        async def killer() -> None:
+            while pool.stats().in_use == 0:
+                await anyio.lowlevel.checkpoint()
+            assert not got, "the acquire has not returned yet"
+            connector.kill(first)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(killer)
+            tg.start_soon(acquirer)
+        assert got and got[0] is not first and not got[0].dead, got
+        stats = pool.stats()
+        assert (stats.acquired, stats.health_failures) == (1, 1), stats
+    connector.assert_all_closed_once()
+
+
+class ReportingIsClosedConnector(WatchingConnector):
+    """Reports a death through ``watch`` from inside ``is_closed`` too."""
+
+    def is_closed(self, resource: FakeResource) -> bool:
+        if resource.dead and resource.ident in self._dead:
+            self._dead.pop(resource.ident)()
+        return resource.closed
+
+
+async def test_a_death_reported_from_inside_is_closed_retires_that_resource_only() -> None:
+    connector = ReportingIsClosedConnector()
+    async with AsyncPool(connector, min_size=2, max_size=2) as pool:
+        await pool.open(wait=True)
+        connector.created[1].dead = True  # the warmest idle one died, unreported
+        async with pool.acquire() as resource:
+            assert resource is connector.created[0]
+            check_invariants(pool)
+        check_invariants(pool)
     connector.assert_all_closed_once()

@@ -245,6 +245,18 @@ async def test_close_with_a_timeout_cuts_off_a_connect_that_outlives_it() -> Non
     assert pool.stats().size == 0
 
 
+async def test_close_does_not_wait_for_a_connect_that_has_no_bound() -> None:
+    # With connect_timeout=None a hung connect would never end on its own.
+    connector = FakeConnector()
+    connector.connect_hang = 1.0
+    pool = AsyncPool(connector, min_size=1, max_size=1, connect_timeout=None)
+    await pool.open()
+    await anyio.sleep(0.05)
+    with anyio.fail_after(2):
+        await pool.close()
+    assert pool.stats().size == 0
+
+
 async def test_close_stops_a_connect_waiting_out_its_backoff_at_once() -> None:
     connector = FakeConnector()
     connector.connect_fail = 1.0

@@ -112,6 +112,9 @@ async def test_timeout_zero_validation_is_bounded_by_cleanup_timeout() -> None:
         with pytest.raises(PoolTimeout):
             await pool.acquire(timeout=0)
         assert time.monotonic() - started < 1.0
+        # The check's own bound ran out, not the caller's: it found the
+        # resource unusable.
+        assert pool.stats().health_failures == 1
         connector.validate_hang = 0.0
         with anyio.fail_after(2):
             async with pool.acquire() as res:  # a replacement

@@ -136,6 +136,10 @@ class AsyncioWaitQueue:
             fut = loop.create_future()
             waiter = [fut, deadline, True]
             own_timer = None if deadline == math.inf else loop.call_later(deadline - now, self._expire_one, waiter)
+            # The deadline scans stop at the first waiter not yet due: one
+            # who comes later with an earlier deadline must get a timer of
+            # its own, as any waiter out of deadline order does.
+            self._tail_deadline = max(self._tail_deadline, deadline)
             self._queue.appendleft(waiter)
             self.live += 1
             self._owner.waiter_enqueued()

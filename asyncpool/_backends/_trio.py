@@ -114,6 +114,10 @@ class TrioWaitQueue:
                 raise self._owner.timeout_error() from None
             waiter = _Waiter(trio.lowlevel.current_task(), deadline)
             in_order = False
+            # The reaper stops at the first waiter not yet due: one who comes
+            # later with an earlier deadline must use a scope of its own, as
+            # any waiter out of deadline order does.
+            self._tail_deadline = max(self._tail_deadline, deadline)
             self._queue.appendleft(waiter)
             self.live += 1
             self._owner.waiter_enqueued()
