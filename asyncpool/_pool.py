@@ -22,7 +22,7 @@ from ._connector import Connector, as_connector
 from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
 from ._lease import Lease
 from ._maintenance import ConnectSlot, check_entry, close_entry, connect_worker, health_loop, return_in_background
-from ._state import CLEANING, CLOCK_TICK, CLOSED, HANDED, LEASED, RETURNING, Entry, PoolState
+from ._state import CLEANING, CLOCK_TICK, CLOSED, DIED, HANDED, LEASED, RETURNING, Entry, PoolState
 from ._stats import PoolStats
 
 __all__ = ["AsyncPool"]
@@ -389,7 +389,7 @@ class AsyncPool(Generic[R]):
             # waiter (``PoolState.taken``), never return a destroyed resource.
             self._state.entries.pop(entry.key, None)
             raise self._state.closed_error()
-        if entry.expires_at == -math.inf:
+        if entry.expires_at == DIED:
             # It died during the checkpoint: nobody got it, so it goes back
             # (and is retired there), and the lease tries again.
             st = self._state

@@ -54,6 +54,7 @@ __all__ = [
     "CLEANING",
     "CLOCK_TICK",
     "CLOSED",
+    "DIED",
     "HANDED",
     "IDLE",
     "LEASED",
@@ -99,6 +100,11 @@ def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
 #: pool is busy, in seconds: a timer callback 50 times a second, against a
 #: clock call on each of up to hundreds of thousands of releases.
 CLOCK_TICK = 0.02
+
+#: ``Entry.expires_at`` of an entry its connector reported dead (``died``):
+#: every path that takes an entry back retires an expired one. A constant,
+#: so that testing for it allocates no float.
+DIED = -math.inf
 
 #: Lifetimes are shortened by up to this fraction, at random, so resources
 #: created together do not all expire together.
@@ -398,7 +404,7 @@ class PoolState(Generic[R]):
         ``True`` if it may be lent."""
         if entry.state == CLOSED:
             return False  # retired while it was checked (close, or it died)
-        if entry.expires_at == -math.inf:
+        if entry.expires_at == DIED:
             # It died after its check answered: ``died`` counted it.
             self.discard(entry)
             return False
@@ -461,7 +467,7 @@ class PoolState(Generic[R]):
         on its way to a waiter) of a CLEANING entry."""
         if entry.state == CLOSED:
             return  # force_close() retired it while it was being checked
-        if entry.expires_at == -math.inf:
+        if entry.expires_at == DIED:
             self.discard(entry)  # it died after the check answered: ``died`` counted it
             return
         if not ok:
@@ -581,7 +587,7 @@ class PoolState(Generic[R]):
                 logger.exception("watch() raised; the resource is checked when lent instead")
         if self.closed:
             self.discard(entry)
-        elif entry.expires_at == -math.inf or (self.is_closed is not None and self._known_closed(entry)):
+        elif entry.expires_at == DIED or (self.is_closed is not None and self._known_closed(entry)):
             # Dead on arrival (reported by ``watch`` already, or known to the
             # connector): it may have died in the very turn its connect
             # returned, before anyone was there to hear of it. That is a
@@ -742,9 +748,9 @@ class PoolState(Generic[R]):
         its close never run at the same time.
         """
         state = entry.state
-        if state == CLOSED or entry.expires_at == -math.inf:
+        if state == CLOSED or entry.expires_at == DIED:
             return  # retired already, or reported already
-        entry.expires_at = -math.inf
+        entry.expires_at = DIED
         self.health_failures += 1
         if state == IDLE:
             try:

@@ -43,7 +43,11 @@ async def test_server_down_at_open_raises_pool_timeout_caused_by_the_connect_err
 
 
 @pytest.mark.slow
-@pytest.mark.asyncio
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [pytest.param(("asyncio", {}), id="asyncio"), pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")],
+)
 async def test_server_restart_under_load_recovers_without_leaking_backends(pg_dsn: str, app_name: str) -> None:
     server = LocalServer.for_dsn(pg_dsn)
     if server is None:
