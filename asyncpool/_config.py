@@ -91,7 +91,7 @@ class PoolConfig:
     cleanup_timeout: float = 5.0
     #: First and largest delay between failed connect attempts.
     reconnect_delay: float = 0.1
-    reconnect_max_delay: float = 5.0
+    reconnect_max_delay: float = 1.0
 
     def __post_init__(self) -> None:
         _check_int("max_size", self.max_size, 1)

@@ -74,7 +74,7 @@ class AsyncPool(Generic[R]):
         connect_timeout: float | None = 10.0,
         cleanup_timeout: float = 5.0,
         reconnect_delay: float = 0.1,
-        reconnect_max_delay: float = 5.0,
+        reconnect_max_delay: float = 1.0,
         background_reset: bool | None = None,
     ) -> None:
         self._config = cfg = PoolConfig(

@@ -62,7 +62,7 @@ _SECONDS_OPTIONS: dict[str, tuple[bool, bool]] = {
 #: Options that are counts: their minimum (``max_waiting`` may also be None).
 _COUNT_OPTIONS = {"min_size": 0, "max_size": 1, "max_waiting": 0}
 _OPTIONS = [*_COUNT_OPTIONS, *_SECONDS_OPTIONS, "name", "background_reset"]
-_DEFAULTS: dict[str, object] = {"min_size": 0, "max_size": 10, "reconnect_delay": 0.1, "reconnect_max_delay": 5.0}
+_DEFAULTS: dict[str, object] = {"min_size": 0, "max_size": 10, "reconnect_delay": 0.1, "reconnect_max_delay": 1.0}
 
 
 def _is_seconds(value: object, *, none_ok: bool, zero_ok: bool) -> bool:
