@@ -269,6 +269,15 @@ def mask_dsn(dsn: str) -> str:
     return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
 
 
+def _masked_or_withheld(dsn: str) -> str:
+    """``repr(mask_dsn(dsn))``, or a placeholder when some password field of
+    ``dsn`` is spelled in a way masking does not reach."""
+    masked = mask_dsn(dsn)
+    if any(found != "***" for found in _dsn_passwords(masked)):
+        return "(DSN withheld: its password could not be masked)"
+    return repr(masked)
+
+
 def _exception_chain(exc: BaseException) -> Iterable[BaseException]:
     seen: set[int] = set()
     link: BaseException | None = exc
@@ -398,13 +407,14 @@ class AsyncpgConnector(Connector["Connection"]):
         self.last_init_error: BaseException | None = None
 
     def __repr__(self) -> str:
+        # The password field is masked, not the password's text: a password
+        # that is also the user name must not mangle the rest of the DSN.
         if self._dsn is not None:
-            target = repr(mask_dsn(self._dsn))
+            target = _masked_or_withheld(self._dsn)
         else:
             shown = {k: v for k, v in self._connect_kwargs.items() if k in ("host", "port", "user", "database")}
             target = " ".join(f"{k}={v!r}" for k, v in shown.items()) or "(from the environment)"
-        text = f"<AsyncpgConnector {target} reset={self._policy!r}{' pgbouncer' if self._pgbouncer else ''}>"
-        return self._secrets.mask(text)
+        return f"<AsyncpgConnector {target} reset={self._policy!r}{' pgbouncer' if self._pgbouncer else ''}>"
 
     @property
     def reset_policy(self) -> str:
