@@ -17,7 +17,8 @@ What "clean" means is the reset policy, chosen per connector:
     Roll back an open transaction, then drop all session state in one round
     trip: ``SET SESSION AUTHORIZATION DEFAULT``, ``RESET ROLE``,
     ``RESET ALL``, ``CLOSE ALL``, ``UNLISTEN *``,
-    ``pg_advisory_unlock_all()``, ``DISCARD TEMP``, ``DISCARD SEQUENCES``.
+    ``pg_advisory_unlock_all()``, ``DISCARD TEMP``, ``DISCARD SEQUENCES``,
+    and a ``DEALLOCATE`` of each statement made with SQL ``PREPARE``.
     That is ``DISCARD ALL`` without ``DEALLOCATE ALL`` and
     ``DISCARD PLANS``, which would throw away asyncpg's statement cache (and
     ``DISCARD ALL`` cannot run in the implicit transaction of a
@@ -103,6 +104,11 @@ FULL_RESET_QUERY = (
     "SELECT pg_advisory_unlock_all();"
     "DISCARD TEMP;"
     "DISCARD SEQUENCES;"
+    # Statements made with SQL PREPARE (DEALLOCATE ALL would also drop
+    # asyncpg's own statement cache, which is protocol-level: from_sql false).
+    "DO $asyncpool$DECLARE s text; BEGIN"
+    " FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP"
+    " EXECUTE 'DEALLOCATE ' || quote_ident(s); END LOOP; END$asyncpool$;"
 )
 _ROLLBACK = "ROLLBACK"
 _PING = "SELECT 1"

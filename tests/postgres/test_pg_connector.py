@@ -209,6 +209,23 @@ async def test_default_reset_leaves_no_session_state_behind(make_connector: Make
 
 
 @pytest.mark.asyncio
+async def test_full_reset_drops_sql_prepared_statements_but_keeps_asyncpgs_cache(make_connector: MakeConnector) -> None:
+    async with AsyncPool(make_connector(), max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            await conn.fetchval("SELECT 41 + $1::int", 1)  # asyncpg's own, protocol-level
+            await conn.execute("PREPARE asyncpool_s AS SELECT 1")
+            await conn.execute('PREPARE "asyncpool odd ""name""" AS SELECT 2')
+            cached = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql")
+            assert cached >= 1
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid
+            await conn.execute("PREPARE asyncpool_s AS SELECT 1")  # no DuplicatePreparedStatementError
+            await conn.execute('PREPARE "asyncpool odd ""name""" AS SELECT 2')
+            assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql") >= cached
+
+
+@pytest.mark.asyncio
 async def test_full_reset_undoes_set_session_authorization(make_connector: MakeConnector, admin: Admin) -> None:
     role = f"asyncpool_auth_{random.randrange(1 << 30)}"
     async with _temporary_role(admin, role):
