@@ -63,7 +63,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -949,7 +949,7 @@ def parent_main(args: argparse.Namespace) -> int:
     report = {
         "benchmark": "pg",
         "description": f"acquire -> {QUERY} -> release, pool of {POOL_SIZE}",
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings,
         "machine": info,
         "results": [asdict(p) for p in points],

@@ -37,7 +37,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
 
 __all__ = [
     "ClusterError",
@@ -182,7 +181,7 @@ class TemporaryCluster:
             self._directory = None
             shutil.rmtree(directory, ignore_errors=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> TemporaryCluster:
         self.start()
         return self
 

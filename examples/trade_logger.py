@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from types import FrameType
 from typing import TextIO
@@ -227,9 +227,12 @@ async def run_phase(name: str, trades: Sequence[Trade], concurrency: int, log_tr
 
     async with progress.running():
         started = time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(concurrency, len(trades))):
-                group.create_task(worker())
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(trades)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:  # one worker failed: stop the others too
+            for task in workers:
+                task.cancel()
         elapsed = time.perf_counter() - started
     return PhaseResult(name, len(latencies), elapsed, latencies)
 
@@ -246,7 +249,7 @@ async def connect_per_trade(dsn: str, trades: Sequence[Trade], concurrency: int)
                 trade.symbol,
                 trade.price,
                 trade.qty,
-                datetime.now(UTC),
+                datetime.now(timezone.utc),
             )
         finally:
             await conn.close()
@@ -270,7 +273,7 @@ async def pooled(dsn: str, trades: Sequence[Trade], concurrency: int, pool_size:
                     trade.symbol,
                     trade.price,
                     trade.qty,
-                    datetime.now(UTC),
+                    datetime.now(timezone.utc),
                 )
 
         result = await run_phase(f"asyncpool ({pool_size} connections)", trades, concurrency, log_trade)
