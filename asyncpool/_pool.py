@@ -148,6 +148,18 @@ class AsyncPool(Generic[R]):
     def connector(self) -> Connector[R]:
         return self._connector
 
+    def on_another_loop(self) -> bool:
+        """``True`` if the pool was opened on an event loop other than the
+        running one (where ``open()``, ``close()`` and any acquire that would
+        wait raise :class:`PoolError`); ``False`` before it is opened."""
+        if not self._opened:
+            return False
+        try:
+            self._backend.check_loop()
+        except PoolError:
+            return True
+        return False
+
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's gauges and counters."""
         st = self._state
