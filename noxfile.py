@@ -1,7 +1,8 @@
 """Sessions: ``tests`` (every Python 3.10-3.13 this machine has), ``lint``,
-``typecheck``, ``bench``, ``soak``, ``demo``.
+``typecheck``, ``downstream``, ``bench``, ``soak``, ``demo``.
 
     nox -s tests        # the test suite; PostgreSQL tests need the local server
+    nox -s downstream   # asyncpg's own pool tests against asyncpool.asyncpg.create_pool
     nox -s demo         # the trade-logger demo against PostgreSQL
     nox -s bench        # benchmarks; writes their tables into README.md
     nox -s soak         # the full soak against PostgreSQL; writes its summary into README.md
@@ -13,7 +14,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "downstream"]
 nox.options.reuse_existing_virtualenvs = True
 # Locally, run on whichever of the Pythons below exist; CI (``CI`` set)
 # makes every one of them available and nox then insists on all of them.
@@ -59,6 +60,15 @@ def typecheck(session: nox.Session) -> None:
     """``mypy --strict`` over the package, the tests, benchmarks, examples and this file."""
     install_project(session, *TEST_DEPS, *PEER_DEPS, "mypy>=1.11", "asyncpg-stubs>=0.29", "nox")
     session.run("mypy")
+
+
+@nox.session(python="3.11")
+def downstream(session: nox.Session) -> None:
+    """asyncpg's ``tests/test_pool.py``, from the source distribution of the
+    installed asyncpg, run against ``asyncpool.asyncpg.create_pool`` (see
+    ``downstream/asyncpg_plugin.py`` for what is skipped and why)."""
+    install_project(session, "asyncpg>=0.29", "pytest>=8", "pytest-timeout>=2.3")
+    session.run("python", "downstream/run_asyncpg_tests.py", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -432,6 +432,10 @@ class AsyncpgConnector(Connector["Connection"]):
         found = self._live.get(id(conn))
         return found is not None and found.generation != self._generation
 
+    def connections(self) -> list[Connection]:
+        """Every connection this connector opened and has not closed."""
+        return [opened.conn for opened in self._live.values()]
+
     def terminate_all(self) -> None:
         """Drop every open connection this connector made, at once."""
         for opened in list(self._live.values()):

@@ -29,6 +29,28 @@ async def reset_by_connection_class(conn: Connection) -> None:
     await conn.reset(timeout=RESET_TIMEOUT)
 
 
+def _check_sizes(init_size: int | None, min_size: int, max_size: int) -> None:
+    """The size checks of ``asyncpg.create_pool``, with its messages (code
+    and tests that match on them keep working); ``AsyncPool`` checks the
+    rest (types, and what asyncpg does not check)."""
+    for option, value in (("init_size", init_size), ("min_size", min_size), ("max_size", max_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{option} must be an int, got {value!r}")
+    if max_size <= 0:
+        raise ValueError("max_size is expected to be greater than zero")
+    if min_size < 0:
+        raise ValueError("min_size is expected to be greater or equal to zero")
+    if min_size > max_size:
+        raise ValueError("min_size is greater than max_size")
+    if init_size is not None:
+        if init_size < 0:
+            raise ValueError("init_size is expected to be greater or equal to zero")
+        if init_size > max_size:
+            raise ValueError("init_size is greater than max_size")
+        if init_size < min_size:
+            raise ValueError("init_size is smaller than min_size")
+
+
 def create_pool(
     dsn: str | None = None,
     *,
@@ -66,11 +88,9 @@ def create_pool(
     ignored: the pool belongs to the loop that opens it.
     """
     del loop
+    _check_sizes(init_size, min_size, max_size)
     if init_size is None:
         init_size = min_size
-    elif isinstance(init_size, bool) or not isinstance(init_size, int) or not min_size <= init_size <= max_size:
-        bounds = f"from min_size ({min_size}) to max_size ({max_size})"
-        raise ValueError(f"init_size must be an int {bounds}, got {init_size!r}")
     elif init_size > min_size and (
         acquire_timeout == 0 or (isinstance(max_waiting, int) and max_waiting < init_size - min_size)
     ):

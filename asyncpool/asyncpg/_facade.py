@@ -8,18 +8,43 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
+import asyncpg.pool
+
 from .._lease import Lease
 from .._pool import AsyncPool
 from .._stats import PoolStats
 from ._connector import AsyncpgConnector
+from ._errors import PoolClosedError, PoolInterfaceError
 from ._opening import Watched
-from ._session import failed_before_sending
+from ._proxy import Holder, PoolConnectionProxy, lend
+from ._session import failed_before_sending, terminate
 
 if TYPE_CHECKING:
+    from ._proxy import Proxy
     from ._types import Connection
+
+    _AsyncpgPool = asyncpg.pool.Pool[Any]
+else:
+    _AsyncpgPool = asyncpg.pool.Pool
 
 logger = logging.getLogger("asyncpool.asyncpg")
 T = TypeVar("T")
+
+
+def returning(conn: Any) -> None:
+    """What asyncpg's pool does as a connection comes back, before its reset:
+    statements, cursors and transactions made through the lent proxy stop
+    working (``_on_release``, which also warns of listeners left behind),
+    and a transaction left open outside ``async with conn.transaction()`` is
+    reported to the event loop's exception handler, with asyncpg's message
+    (the reset rolls it back)."""
+    conn._on_release()
+    if conn.is_closed():
+        return  # terminated under its borrower (close timed out, say): no session left
+    if conn.is_in_transaction() or conn._top_xact is not None:
+        top = conn._top_xact
+        if top is None or not top._managed:
+            conn._loop.call_exception_handler({"message": f"Resetting connection with an active transaction {conn!r}"})
 
 
 @final
@@ -27,25 +52,29 @@ class PoolAcquireContext:
     """What :meth:`Pool.acquire` returns: ``await`` it for a connection you
     release yourself, or use it as ``async with`` to release on the way out."""
 
-    __slots__ = ("_lease", "_pool", "_timeout")
+    __slots__ = ("_lease", "_pool", "_proxy", "_timeout")
 
     def __init__(self, pool: Pool, timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._lease: Lease[Connection] | None = None
+        self._proxy: Proxy | None = None
 
-    def __await__(self) -> Generator[Any, None, Connection]:
+    def __await__(self) -> Generator[Any, None, Proxy]:
         return self._pool._acquire(self._timeout).__await__()
 
-    async def __aenter__(self) -> Connection:
+    async def __aenter__(self) -> Proxy:
         pool = self._pool
+        pool._check_open()
         core = pool._core
         while True:
             lease = core.acquire(self._timeout)
             conn = await lease.__aenter__()
-            if await pool._prepare_lent(conn):
+            proxy = await pool._prepare_lent(conn)
+            if proxy is not None:
                 self._lease = lease
-                return conn
+                self._proxy = proxy
+                return proxy
 
     async def __aexit__(
         self,
@@ -57,19 +86,28 @@ class PoolAcquireContext:
         if lease is None:
             return
         self._lease = None
+        proxy: Any = self._proxy
+        self._proxy = None
+        # Detached first: whatever still holds the proxy cannot reach the
+        # connection once its reset has begun.
+        conn = proxy._detach()
+        if conn is not None:  # (None: released by hand inside the block)
+            returning(conn)
         await lease.__aexit__(exc_type, exc, tb)
 
 
 @final
-class Pool:
+class Pool(_AsyncpgPool):
     """``asyncpg.Pool``'s interface over an :class:`~asyncpool.AsyncPool`.
 
     Made by :func:`create_pool`; ``await`` it (or enter ``async with``) to
     open it. The underlying pool is :attr:`pool`, its statistics
-    :meth:`stats`.
+    :meth:`stats`. It is an ``asyncpg.pool.Pool`` to ``isinstance`` (every
+    public method of asyncpg's is overridden here; none of asyncpg's pool
+    code runs).
     """
 
-    __slots__ = ("_connector", "_core", "_fatal", "_init_size", "_open_lock", "_opened", "_terminating")
+    __slots__ = ("_connector", "_core", "_fatal", "_holder", "_init_size", "_opened", "_opening", "_terminating")
 
     def __init__(
         self,
@@ -101,7 +139,8 @@ class Pool:
         )
         self._init_size = init_size
         self._opened = False
-        self._open_lock: asyncio.Lock | None = None
+        self._opening = False
+        self._holder = Holder(self)
         #: Set while opening: the first permanent connect error goes here.
         self._fatal: asyncio.Future[BaseException] | None = None
         self._terminating: asyncio.Task[None] | None = None
@@ -130,24 +169,38 @@ class Pool:
     async def __aenter__(self) -> Pool:
         return await self._open()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def _open(self) -> Pool:
+        # As asyncpg's: awaiting the pool twice at once, or using it before it
+        # is open, is a race in the caller's code, reported as such.
         if self._opened:
             return self
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if not self._opened:
-                await self._open_core()
-                self._opened = True
+        if self._opening:
+            raise PoolInterfaceError("pool is being initialized in another task")
+        if self._core.closed:
+            raise PoolClosedError("pool is closed")
+        self._opening = True
+        try:
+            await self._open_core()
+            self._opened = True
+        finally:
+            self._opening = False
         return self
+
+    def _check_open(self) -> None:
+        """Raise as asyncpg's pool does when used before it is open, or once
+        it is closed."""
+        if self._core.closed:
+            raise PoolClosedError("pool is closed")
+        if not self._opened:
+            if self._opening:
+                raise PoolInterfaceError(
+                    "pool is being initialized, but not yet ready: likely there is a race between creating a "
+                    "pool and using it"
+                )
+            raise PoolInterfaceError("pool is not initialized")
 
     async def _open_core(self) -> None:
         """Open, and wait for ``min_size`` connections; a connect error that
@@ -268,7 +321,7 @@ class Pool:
 
     # -- leasing -----------------------------------------------------------------
 
-    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:  # type: ignore[override]
         """Borrow a connection: ``await`` it, or ``async with`` it.
 
         ``timeout=None`` means the pool's ``acquire_timeout`` (30 s unless
@@ -277,37 +330,70 @@ class Pool:
         """
         return PoolAcquireContext(self, timeout)
 
-    async def release(self, connection: Connection, *, timeout: float | None = None) -> None:
+    async def release(self, connection: object, *, timeout: float | None = None) -> None:
         """Give back a connection from ``await pool.acquire()``.
 
-        ``timeout`` is accepted for compatibility; the pool bounds reset
-        itself (``reset_timeout``).
+        A connection this pool did not lend raises
+        :class:`PoolInterfaceError` (an ``asyncpg.InterfaceError``); one
+        released already is ignored, as asyncpg ignores it. ``timeout`` is
+        accepted for compatibility; the pool bounds reset itself
+        (``reset_timeout``).
         """
-        await self._core.release(connection)
+        if not self._lent_here(connection):
+            raise PoolInterfaceError(
+                f"Pool.release() received invalid connection: {connection!r} is not a member of this pool"
+            )
+        lent: Any = connection
+        conn = lent._detach()
+        if conn is None:
+            return  # released already
+        returning(conn)
+        await self._core.release(conn)
 
-    async def _acquire(self, timeout: float | None) -> Connection:
+    def _lent_here(self, connection: object) -> bool:
+        """A proxy this pool lent (released since or not)."""
+        return type(connection) is PoolConnectionProxy and getattr(connection, "_holder", None) is self._holder
+
+    async def _acquire(self, timeout: float | None) -> Proxy:
+        self._check_open()
         core = self._core
         while True:
             conn = await core.acquire(timeout)
-            if await self._prepare_lent(conn):
-                return conn
+            proxy = await self._prepare_lent(conn)
+            if proxy is not None:
+                return proxy
 
-    async def _prepare_lent(self, conn: Connection) -> bool:
-        """Run ``setup`` on a just-lent connection; ``False`` if it was
-        expired and has been given back for closing instead."""
+    async def _prepare_lent(self, conn: Connection) -> Proxy | None:
+        """The proxy to lend for a just-lent connection, after ``setup`` ran
+        on it; ``None`` if it was expired and has been given back for
+        closing instead."""
         connector = self._connector
         if connector.is_expired(conn):
             await self._core.release(conn, discard=True)
-            return False
+            return None
+        proxy: Any = lend(self._holder, conn)
         setup = connector.setup
         if setup is not None:
             try:
-                await setup(conn)
+                await setup(proxy)
             except BaseException:
                 # Half set up: it is closed (and replaced), never lent again.
+                # Closed at once, as asyncpg closes it before raising: ``setup``
+                # may have kept the proxy, and must see it closed.
+                terminate(conn)
                 await self._core.release(conn, discard=True)
                 raise
-        return True
+        return proxy  # type: ignore[no-any-return]
+
+    def _drop_statement_cache(self) -> None:
+        # asyncpg's connection calls this (through a proxy's holder) when a
+        # schema change has made cached statements stale: on every connection.
+        for conn in self._connector.connections():
+            conn._drop_local_statement_cache()  # type: ignore[attr-defined]
+
+    def _drop_type_cache(self) -> None:
+        for conn in self._connector.connections():
+            conn._drop_local_type_cache()  # type: ignore[attr-defined]
 
     # -- query shortcuts ---------------------------------------------------------
     # Each runs on a connection of its own. If it fails before anything of it
@@ -315,7 +401,7 @@ class Pool:
     # ``failed_before_sending``), it runs once more, on another connection:
     # nothing was done, so nothing is done twice.
 
-    async def _shortcut(self, run: Callable[[Connection], Awaitable[T]]) -> T:
+    async def _shortcut(self, run: Callable[[Proxy], Awaitable[T]]) -> T:
         retried = False
         while True:
             async with self.acquire() as conn:
@@ -333,7 +419,9 @@ class Pool:
         status: str = await self._shortcut(lambda conn: conn.execute(query, *args, timeout=timeout))
         return status
 
-    async def executemany(self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None) -> None:
+    async def executemany(  # type: ignore[override]
+        self, command: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
+    ) -> None:
         await self._shortcut(lambda conn: conn.executemany(command, args, timeout=timeout))
 
     async def fetch(

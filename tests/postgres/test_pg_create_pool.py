@@ -11,12 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import asyncpg.pool
 import pytest
 
 from asyncpool import PoolClosed, PoolError, PoolTimeout
 from asyncpool.asyncpg import Pool, create_pool
 
-from ._helpers import backend_pids, loop_errors, wait_for_backends, wait_until
+from ._helpers import backend_pids, internals, loop_errors, wait_for_backends, wait_until
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -152,6 +153,7 @@ async def test_copy_shortcuts(make_pool: PoolFactory) -> None:
 async def test_acquire_awaited_released_and_in_transactions(make_pool: PoolFactory) -> None:
     async with make_pool(min_size=1, max_size=1) as pool:
         conn = await pool.acquire()
+        lent = internals(conn)._con  # the connection behind asyncpg's proxy
         try:
             async with conn.transaction():
                 assert await conn.fetchval("SELECT 1") == 1
@@ -159,7 +161,7 @@ async def test_acquire_awaited_released_and_in_transactions(make_pool: PoolFacto
             await pool.release(conn)
         assert pool.get_idle_size() in (0, 1)  # the reset may still be running
         async with pool.acquire() as again:
-            assert again is conn
+            assert internals(again)._con is lent
 
 
 @pytest.mark.asyncio
@@ -176,13 +178,66 @@ async def test_acquire_timeout(make_pool: PoolFactory) -> None:
 
 @pytest.mark.asyncio
 async def test_release_rejects_a_connection_it_did_not_lend(make_pool: PoolFactory, pg_dsn: str) -> None:
+    # As asyncpg's pool: an asyncpg.InterfaceError, which is also a PoolError.
     stranger = await asyncpg.connect(pg_dsn)
     try:
-        async with make_pool(min_size=0, max_size=1) as pool:
-            with pytest.raises(PoolError):
+        async with make_pool(min_size=0, max_size=1) as pool, make_pool(min_size=0, max_size=1) as other:
+            with pytest.raises(asyncpg.InterfaceError, match="is not a member of this pool") as caught:
                 await pool.release(stranger)
+            assert isinstance(caught.value, PoolError)
+            async with other.acquire() as theirs:
+                with pytest.raises(asyncpg.InterfaceError, match="is not a member of this pool"):
+                    await pool.release(theirs)
+                with pytest.raises(asyncpg.InterfaceError, match="is not a member of this pool"):
+                    await pool.release(internals(theirs)._con)  # the bare connection
+            assert pool.stats().in_use == other.stats().in_use == 0
     finally:
         await stranger.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lent_connection_is_asyncpgs_proxy_and_detached_on_release(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=1, max_size=1) as pool:
+        conn = await pool.acquire()
+        assert type(conn) is asyncpg.pool.PoolConnectionProxy
+        assert isinstance(internals(conn), asyncpg.Connection)  # asyncpg's proxies pass as connections
+        await pool.release(conn)
+        # Used after release: a clear error, not a query on a connection
+        # that another task may hold by now.
+        with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
+            await conn.fetchval("SELECT 1")
+        await pool.release(conn)  # a stale second release is ignored, as in asyncpg
+        async with pool.acquire() as held:
+            pass
+        with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
+            await held.fetchval("SELECT 1")
+        assert pool.stats().in_use == 0
+
+
+@pytest.mark.asyncio
+async def test_a_facade_pool_is_an_asyncpg_pool(make_pool: PoolFactory) -> None:
+    async with make_pool(min_size=0, max_size=1) as pool:
+        assert isinstance(pool, asyncpg.pool.Pool)
+
+
+@pytest.mark.asyncio
+async def test_awaiting_a_pool_twice_at_once_or_using_it_while_it_opens_is_reported(make_pool: PoolFactory) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    with pytest.raises(asyncpg.InterfaceError, match="pool is not initialized"):
+        await pool.fetchval("SELECT 1")
+    opening = asyncio.ensure_future(pool._open())
+    await asyncio.sleep(0)
+    with pytest.raises(asyncpg.InterfaceError, match="being initialized in another task"):
+        await pool
+    with pytest.raises(asyncpg.InterfaceError, match="being initialized, but not yet ready"):
+        await pool.fetchval("SELECT 1")
+    assert await opening is pool
+    assert await pool.fetchval("SELECT 1") == 1
+    await pool.close()
+    with pytest.raises(PoolClosed) as caught:
+        await pool.acquire()
+    assert isinstance(caught.value, asyncpg.InterfaceError)
+    assert "pool is closed" in str(caught.value)
 
 
 @pytest.mark.asyncio
