@@ -624,3 +624,30 @@ async def test_close_from_another_loop_changes_nothing(pg_dsn: str, app_name: st
     assert await conn.fetchval("SELECT 1") == 1, "the owner's connection was terminated"
     await pool.release(conn)
     await asyncio.wait_for(pool.close(), 5)  # the owner can still close it
+
+
+@pytest.mark.asyncio
+async def test_a_schema_change_drops_the_statement_cache_of_every_connection(
+    make_pool: PoolFactory, admin: asyncpg.Connection[Any]
+) -> None:
+    # As in asyncpg's pool: the connection that meets the stale statement
+    # clears the caches of all the pool's connections, so another one does
+    # not fail inside a transaction, where asyncpg cannot re-prepare.
+    table = f"asyncpool_schema_{random.randrange(1 << 30)}"
+    await admin.execute(f"CREATE TABLE {table} (x int)")
+    try:
+        async with make_pool(min_size=2, max_size=2) as pool:
+            first, second = await pool.acquire(), await pool.acquire()
+            for conn in (first, second):
+                assert await conn.fetch(f"SELECT * FROM {table}") == []
+            await pool.release(first)
+            await pool.release(second)
+            await admin.execute(f"ALTER TABLE {table} ALTER COLUMN x TYPE bigint")
+            first, second = await pool.acquire(), await pool.acquire()
+            assert await first.fetch(f"SELECT * FROM {table}") == []  # re-prepared, outside a transaction
+            async with second.transaction():
+                assert await second.fetch(f"SELECT * FROM {table}") == []
+            await pool.release(first)
+            await pool.release(second)
+    finally:
+        await admin.execute(f"DROP TABLE {table}")
