@@ -14,9 +14,18 @@ import asyncpg
 from .._connector import Connector
 from ._errors import RetireConnection
 from ._idle import IDLE_TIMEOUTS_QUERY, IdleTimeouts, idle_margin
+from ._prepared import take_sql_prepare_seen
 from ._secrets import Secrets, masked_or_withheld
 from ._session import SessionWatch, session_aware, terminate
-from ._sql import BASELINE_QUERY, FULL_RESET_QUERY, PING, RESET_TIMEOUT, ROLLBACK, restoring_queries
+from ._sql import (
+    BASELINE_QUERY,
+    DEALLOCATE_SQL_PREPARED,
+    FULL_RESET_QUERY,
+    PING,
+    RESET_TIMEOUT,
+    ROLLBACK,
+    restoring_queries,
+)
 from ._watchdog import ResetWatchdog
 
 if TYPE_CHECKING:
@@ -389,10 +398,15 @@ class AsyncpgConnector(Connector["Connection"]):
         elif policy == "full":
             opened = self._live.get(id(conn))
             query = FULL_RESET_QUERY if opened is None else opened.reset_query
+            drop_prepared = take_sql_prepare_seen(conn)
+            if drop_prepared:
+                query += DEALLOCATE_SQL_PREPARED
             if forget_transaction(conn):
                 query = f"{ROLLBACK};{query}"
             forget_listeners(conn)
             await self._watchdog.run(conn, query)
+            if drop_prepared:
+                take_sql_prepare_seen(conn)  # the drop names pg_prepared_statements itself
         else:
             if forget_transaction(conn):
                 await self._watchdog.run(conn, ROLLBACK)

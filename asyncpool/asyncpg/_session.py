@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import asyncpg.exceptions
 
+from ._prepared import SeesSqlPrepare
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -259,18 +261,19 @@ _AWARE: dict[type[Any], type[Any]] = {}
 
 def session_aware(connection_class: type[Connection]) -> type[Connection]:
     """``connection_class`` with :class:`SessionEndedError` on operations
-    after the session ended; same name, same behaviour otherwise."""
+    after the session ended, and noting SQL ``PREPARE`` (``_prepared``);
+    same name, same behaviour otherwise."""
     if issubclass(connection_class, _SessionAware):
         return connection_class
     aware = _AWARE.get(connection_class)
     if aware is None:
         aware = type(
             connection_class.__name__,
-            (_SessionAware, connection_class),
+            (_SessionAware, SeesSqlPrepare, connection_class),
             {
                 "__module__": connection_class.__module__,
                 "__qualname__": connection_class.__qualname__,
-                "__slots__": ("_session_watch",),
+                "__slots__": ("_session_watch", "_sql_prepare_seen"),
             },
         )
         _AWARE[connection_class] = aware

@@ -16,8 +16,13 @@ FULL_RESET_QUERY = (
     "SELECT pg_advisory_unlock_all();"
     "DISCARD TEMP;"
     "DISCARD SEQUENCES;"
-    # Statements made with SQL PREPARE (DEALLOCATE ALL would also drop
-    # asyncpg's own statement cache, which is protocol-level: from_sql false).
+)
+#: Drops the statements made with SQL ``PREPARE`` (``DEALLOCATE ALL`` would
+#: also drop asyncpg's own statement cache, which is protocol-level:
+#: ``from_sql`` false). Appended to the full reset only after a borrower sent
+#: SQL that could make one (see ``_prepared``): it doubles the cost of the
+#: reset's round trip, which nearly every lease would otherwise pay for nothing.
+DEALLOCATE_SQL_PREPARED = (
     "DO $asyncpool$DECLARE s text; BEGIN"
     " FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP"
     " EXECUTE 'DEALLOCATE ' || quote_ident(s); END LOOP; END$asyncpool$;"

@@ -223,6 +223,12 @@ async def test_full_reset_drops_sql_prepared_statements_but_keeps_asyncpgs_cache
             await conn.execute("PREPARE asyncpool_s AS SELECT 1")  # no DuplicatePreparedStatementError
             await conn.execute('PREPARE "asyncpool odd ""name""" AS SELECT 2')
             assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql") >= cached
+        async with pool.acquire() as conn:
+            # Through the extended protocol, in another letter case.
+            await conn.fetch("pRePaRe asyncpool_s AS SELECT 1")
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid
+            assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE from_sql") == 0
 
 
 @pytest.mark.asyncio
@@ -612,3 +618,20 @@ async def test_connects_cut_off_by_close_leave_no_unretrieved_future_and_no_back
             await pool.close()
         await wait_for_backends(admin, app_name, 0)
     assert reported == []
+
+
+@pytest.mark.asyncio
+async def test_the_drop_of_sql_prepared_statements_runs_only_after_a_prepare(make_connector: MakeConnector) -> None:
+    # The drop doubles the cost of the reset's round trip: leases that
+    # prepared nothing must not pay for it, nor the leases after one that did
+    # (the drop's own text names pg_prepared_statements).
+    async with AsyncPool(make_connector(), max_size=1, background_reset=False) as pool:
+        for sql, due in (("SELECT 1", False), ("PREPARE asyncpool_p AS SELECT 1", True), ("SELECT 2", False)):
+            async with pool.acquire() as conn:
+                await conn.execute(sql)
+                assert getattr(internals(conn), "_sql_prepare_seen", False) is due
+            # Released: reset inline, so it has run by now.
+            assert getattr(internals(conn), "_sql_prepare_seen", False) is False
+            async with pool.acquire() as again:
+                assert again is conn
+                assert await again.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE from_sql") == 0
