@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar, final
 from ._backends import Backend, TaskHandle, current_backend
 from ._config import MAX_INT_SECONDS, PoolConfig, check_flag, check_seconds
 from ._connector import Connector, as_connector
-from ._errors import PoolBusy, PoolClosed, PoolError, PoolTimeout
+from ._errors import PoolBusy, PoolError, PoolTimeout
 from ._lease import Lease
 from ._maintenance import ConnectSlot, check_entry, close_entry, connect_worker, health_loop, return_in_background
 from ._state import CLEANING, CLOCK_TICK, CLOSED, DIED, HANDED, LEASED, RETURNING, Entry, PoolState
@@ -106,17 +106,20 @@ class AsyncPool(Generic[R]):
         #: Awaited when ``acquire()`` did not wait (set at open; trio only).
         self._checkpoint: Callable[[], Awaitable[None]] | None = None
         connector_ = self._connector
+        # One label for the pool in logs and errors (unnamed pools are numbered).
+        label = f" {name!r}" if name else f" #{next(_pool_ids)}"
         self._state: PoolState[R] = PoolState(
             cfg,
             getattr(connector_, "is_closed", None),
             getattr(connector_, "idle_limit", None),
             getattr(connector_, "watch", None),
+            label,
         )
         # The options the contended path reads, with ``None`` as infinity.
         self._wait_limit = math.inf if cfg.timeout is None else cfg.timeout
         self._max_waiting = math.inf if cfg.max_waiting is None else cfg.max_waiting
         self._state.waiters = _NotOpenWaitQueue()  # type: ignore[assignment]
-        self._label = f" {name!r}" if name else f" #{next(_pool_ids)}"
+        self._label = label
         self._backend: Backend = None  # type: ignore[assignment]  # set by open()
         self._opened = False
         self._maintenance: TaskHandle | None = None
@@ -233,7 +236,7 @@ class AsyncPool(Generic[R]):
             )
             raise exc from st.last_connect_error
         if st.closed:
-            raise PoolClosed(f"the pool{self._label} was closed while opening")
+            raise st.closed_error(" (it closed while opening)")
 
     async def _wait_filled(self) -> None:
         st = self._state
@@ -246,7 +249,7 @@ class AsyncPool(Generic[R]):
     def _open_now(self) -> None:
         st = self._state
         if st.closed:
-            raise PoolClosed(f"the pool{self._label} is closed; pools cannot be reopened")
+            raise st.closed_error("; pools cannot be reopened")
         if self._opened:
             self._backend.check_loop()
             return
@@ -370,7 +373,7 @@ class AsyncPool(Generic[R]):
         """Lend an idle resource that needs no validation, or raise ``PoolBusy``."""
         st = self._state
         if st.closed:
-            raise PoolClosed(f"the pool{self._label} is closed")
+            raise st.closed_error()
         if not st.waiters.live:
             entry = st.checkout()
             if entry is not None:
@@ -422,7 +425,7 @@ class AsyncPool(Generic[R]):
         if st.closed:
             if entry is not None:
                 st.discard(entry)
-            raise PoolClosed(f"the pool{self._label} is closed")
+            raise st.closed_error()
         if not self._opened:
             self._open_now()
         if timeout is None:
@@ -460,7 +463,7 @@ class AsyncPool(Generic[R]):
                 # turned out dead.
                 if entry is not None:
                     st.discard(entry)
-                raise PoolClosed(f"the pool{self._label} is closed")
+                raise st.closed_error()
             if entry is None:
                 if not st.waiters.live:
                     entry = st.checkout()

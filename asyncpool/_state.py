@@ -186,6 +186,7 @@ class PoolState(Generic[R]):
         "idle",
         "idle_limit",
         "is_closed",
+        "label",
         "last_connect_error",
         "make_ready",
         "now",
@@ -211,8 +212,11 @@ class PoolState(Generic[R]):
         is_closed: Callable[[R], bool] | None,
         idle_limit: Callable[[R], float | None] | None = None,
         watch: Callable[[R, Callable[[], None]], None] | None = None,
+        label: str = "",
     ) -> None:
         self.cfg = config
+        #: How errors and log lines name the pool: `` 'name'`` or `` #N``.
+        self.label = label
         #: The connector's cheap, local "is it closed?" check, run on every
         #: lend; ``None`` if it has none.
         self.is_closed = is_closed
@@ -392,7 +396,7 @@ class PoolState(Generic[R]):
         """An entry its acquirer validated (CLEANING) goes to that acquirer."""
         if self.closed:
             self.discard(entry)
-            raise PoolClosed("the pool was closed")
+            raise self.closed_error()
         self.cleaning -= 1
         entry.state = LEASED
         entry.suspect = False
@@ -784,7 +788,7 @@ class PoolState(Generic[R]):
     def timeout_error(self) -> BaseException:
         self.timeouts += 1
         exc = PoolTimeout(
-            f"no resource became available in time (pool{self._label()}: "
+            f"no resource became available in time (pool{self.label}: "
             f"{self.in_use} in use, {len(self.idle)} idle, {self.connecting} connecting, "
             f"{self.cleaning} cleaning, max_size={self.cfg.max_size})"
         )
@@ -794,11 +798,9 @@ class PoolState(Generic[R]):
             exc.__cause__ = self.last_connect_error
         return exc
 
-    def closed_error(self) -> BaseException:
-        return PoolClosed(f"the pool{self._label()} is closed")
-
-    def _label(self) -> str:
-        return f" {self.cfg.name!r}" if self.cfg.name else ""
+    def closed_error(self, detail: str = "") -> PoolClosed:
+        """The one place a ``PoolClosed`` is made; ``detail`` says when."""
+        return PoolClosed(f"the pool{self.label} is closed{detail}")
 
     # -- closing -----------------------------------------------------------
 
@@ -806,8 +808,7 @@ class PoolState(Generic[R]):
         """Refuse new work, wake all waiters, retire idle entries."""
         self.closed = True
         self.coarse = math.inf
-        label = self._label()
-        self.waiters.fail_all(lambda: PoolClosed(f"the pool{label} was closed"))
+        self.waiters.fail_all(lambda: self.closed_error(" (it closed while this task waited)"))
         idle, self.idle = self.idle, deque()
         for entry in idle:
             self.discard(entry)

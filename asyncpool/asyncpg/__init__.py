@@ -18,7 +18,8 @@ What "clean" means is the reset policy, chosen per connector:
     trip: ``SET SESSION AUTHORIZATION DEFAULT``, ``RESET ROLE``,
     ``RESET ALL``, ``CLOSE ALL``, ``UNLISTEN *``,
     ``pg_advisory_unlock_all()``, ``DISCARD TEMP``, ``DISCARD SEQUENCES``,
-    and a ``DEALLOCATE`` of each statement made with SQL ``PREPARE``.
+    and, after a lease that sent SQL mentioning ``PREPARE``, a
+    ``DEALLOCATE`` of each statement made with SQL ``PREPARE``.
     That is ``DISCARD ALL`` without ``DEALLOCATE ALL`` and
     ``DISCARD PLANS``, which would throw away asyncpg's statement cache (and
     ``DISCARD ALL`` cannot run in the implicit transaction of a
@@ -57,6 +58,7 @@ except ImportError as _exc:  # pragma: no cover - exercised without the extra
 
 from ._connector import AsyncpgConnector
 from ._create import create_pool
+from ._errors import PoolClosedError, PoolInterfaceError
 from ._facade import Pool, PoolAcquireContext
 from ._idle import IdleTimeouts, idle_margin
 from ._secrets import mask_dsn
@@ -69,6 +71,8 @@ __all__ = [
     "IdleTimeouts",
     "Pool",
     "PoolAcquireContext",
+    "PoolClosedError",
+    "PoolInterfaceError",
     "SessionEndedError",
     "create_pool",
     "idle_margin",

@@ -67,10 +67,15 @@ class PoolAcquireContext:
         pool = self._pool
         pool._check_open()
         core = pool._core
+        connector = pool._connector
         while True:
             lease = core.acquire(self._timeout)
             conn = await lease.__aenter__()
-            proxy = await pool._prepare_lent(conn)
+            if connector.setup is None and not connector.is_expired(conn):
+                # The common case, without a coroutine of its own.
+                proxy: Proxy | None = PoolConnectionProxy(pool._holder, conn)  # type: ignore[arg-type]
+            else:
+                proxy = await pool._prepare_lent(conn)
             if proxy is not None:
                 self._lease = lease
                 self._proxy = proxy
