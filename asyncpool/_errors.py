@@ -7,6 +7,8 @@ resource, which always pass through unchanged.
 
 from __future__ import annotations
 
+import asyncio
+
 __all__ = ["PoolBusy", "PoolClosed", "PoolError", "PoolTimeout"]
 
 
@@ -14,8 +16,18 @@ class PoolError(Exception):
     """Base class of every error raised by the pool itself."""
 
 
-class PoolTimeout(PoolError, TimeoutError):
-    """Raised when a wait for a resource outlives its deadline.
+#: Before Python 3.11 ``asyncio.TimeoutError`` is not the built-in
+#: ``TimeoutError``; a ``PoolTimeout`` is both, so ``except
+#: asyncio.TimeoutError`` (what ``asyncio.wait_for`` and asyncpg's pool raise)
+#: catches it there too.
+_TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
+    (TimeoutError,) if asyncio.TimeoutError is TimeoutError else (TimeoutError, asyncio.TimeoutError)
+)
+
+
+class PoolTimeout(PoolError, *_TIMEOUT_ERRORS):  # type: ignore[misc]
+    """Raised when a wait for a resource outlives its deadline; a
+    ``TimeoutError`` and an ``asyncio.TimeoutError`` on every Python.
 
     When the pool was trying to connect during the wait and every attempt
     failed, the last connect error is attached as ``__cause__``, so a
