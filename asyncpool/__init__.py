@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._config import PoolConfig as PoolConfig
 from ._connector import Connector as Connector
+from ._connector import ConnectorExtras as ConnectorExtras
 from ._connector import FactoryConnector as FactoryConnector
 from ._errors import PoolBusy as PoolBusy
 from ._errors import PoolClosed as PoolClosed
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncPool",
     "Connector",
+    "ConnectorExtras",
     "FactoryConnector",
     "Lease",
     "PoolBusy",

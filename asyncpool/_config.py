@@ -92,6 +92,9 @@ class PoolConfig:
     #: First and largest delay between failed connect attempts.
     reconnect_delay: float = 0.1
     reconnect_max_delay: float = 1.0
+    #: Reset released resources in a background task (``None``: as the
+    #: connector's ``background_reset`` says).
+    background_reset: bool | None = None
 
     def __post_init__(self) -> None:
         _check_int("max_size", self.max_size, 1)
@@ -111,7 +114,13 @@ class PoolConfig:
         check_seconds("cleanup_timeout", self.cleanup_timeout, allow_none=False)
         check_seconds("reconnect_delay", self.reconnect_delay, allow_none=False)
         check_seconds("reconnect_max_delay", self.reconnect_max_delay, allow_none=False)
+        check_flag("background_reset", self.background_reset)
         if self.reconnect_max_delay < self.reconnect_delay:
             raise ValueError(f"reconnect_max_delay must be >= reconnect_delay, got {self.reconnect_max_delay!r}")
         if self.name is not None and not isinstance(self.name, str):
             raise ValueError(f"name must be a string or None, got {_show(self.name)}")
+
+
+#: The defaults, from the one place that states them (``AsyncPool``'s
+#: keyword arguments take theirs from here).
+DEFAULTS = PoolConfig()

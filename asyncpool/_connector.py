@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Connector", "FactoryConnector", "as_connector"]
+__all__ = ["Capabilities", "Connector", "ConnectorExtras", "FactoryConnector", "as_connector", "capabilities"]
 
 R = TypeVar("R")
+R_contra = TypeVar("R_contra", contravariant=True)
 
 
 @runtime_checkable
@@ -26,10 +28,9 @@ class Connector(Protocol[R]):
     cancellation) with its own timeouts, and never runs two methods on one
     resource at the same time.
 
-    A connector may also define a synchronous ``is_closed(resource) -> bool``
-    that answers from local state alone. The pool then calls it every time it
-    is about to lend a resource, so one it already knows is dead is never
-    lent, at no I/O cost.
+    A connector may also have any of the members of
+    :class:`ConnectorExtras`; the pool finds them once, when it is built
+    (:func:`capabilities`).
     """
 
     async def connect(self) -> R:
@@ -47,6 +48,57 @@ class Connector(Protocol[R]):
     async def reset(self, resource: R) -> None:
         """Make ``resource`` clean for the next borrower; raising discards it."""
         ...
+
+
+class ConnectorExtras(Protocol[R_contra]):
+    """What a :class:`Connector` may also offer; each member is optional.
+
+    Not a protocol to check against: the pool looks for each member on its
+    own (:func:`capabilities`), so a connector defines only what it has.
+    """
+
+    #: Reset costs a round trip: run it off the releasing caller's path
+    #: (``AsyncPool(background_reset=None)`` follows this; default ``False``).
+    background_reset: bool
+    #: ``reset`` does nothing: the pool does not even await it (default ``False``).
+    reset_is_noop: bool
+
+    def is_closed(self, resource: R_contra) -> bool:
+        """Known dead from local state alone, with no I/O. Called every time
+        a resource is about to be lent, so one known dead is never lent."""
+        ...
+
+    def idle_limit(self, resource: R_contra) -> float | None:
+        """How long ``resource`` may stay idle before it is retired instead
+        of lent (``None``: no limit); asked once, when it joins the pool."""
+        ...
+
+    def watch(self, resource: R_contra, dead: Callable[[], None]) -> None:
+        """Call ``dead()`` the moment ``resource`` dies, so the pool retires it
+        at once rather than when it next would lend it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities(Generic[R]):
+    """The :class:`ConnectorExtras` a connector has (``None``: it has not)."""
+
+    is_closed: Callable[[R], bool] | None
+    idle_limit: Callable[[R], float | None] | None
+    watch: Callable[[R, Callable[[], None]], None] | None
+    background_reset: bool
+    reset_is_noop: bool
+
+
+def capabilities(connector: Connector[R]) -> Capabilities[R]:
+    """The one place the pool looks for a connector's optional members."""
+    return Capabilities(
+        getattr(connector, "is_closed", None),
+        getattr(connector, "idle_limit", None),
+        getattr(connector, "watch", None),
+        bool(getattr(connector, "background_reset", False)),
+        bool(getattr(connector, "reset_is_noop", False)),
+    )
 
 
 class FactoryConnector(Connector[R]):

@@ -17,8 +17,8 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, final
 
 from ._backends import Backend, TaskHandle, current_backend
-from ._config import MAX_INT_SECONDS, PoolConfig, check_flag, check_seconds
-from ._connector import Connector, as_connector
+from ._config import DEFAULTS, MAX_INT_SECONDS, PoolConfig, check_seconds
+from ._connector import Connector, as_connector, capabilities
 from ._errors import PoolBusy, PoolError, PoolTimeout
 from ._lease import Lease
 from ._maintenance import ConnectSlot, check_entry, close_entry, connect_worker, health_loop, return_in_background
@@ -62,20 +62,20 @@ class AsyncPool(Generic[R]):
         self,
         connector: Connector[R] | Callable[[], Awaitable[R]],
         *,
-        min_size: int = 0,
-        max_size: int = 10,
-        timeout: float | None = 30.0,
-        max_waiting: int | None = None,
-        max_lifetime: float | None = 3600.0,
-        max_idle: float | None = 600.0,
-        health_check_interval: float | None = 30.0,
-        name: str | None = None,
-        validate_after: float | None = 1.0,
-        connect_timeout: float | None = 10.0,
-        cleanup_timeout: float = 5.0,
-        reconnect_delay: float = 0.1,
-        reconnect_max_delay: float = 1.0,
-        background_reset: bool | None = None,
+        min_size: int = DEFAULTS.min_size,
+        max_size: int = DEFAULTS.max_size,
+        timeout: float | None = DEFAULTS.timeout,
+        max_waiting: int | None = DEFAULTS.max_waiting,
+        max_lifetime: float | None = DEFAULTS.max_lifetime,
+        max_idle: float | None = DEFAULTS.max_idle,
+        health_check_interval: float | None = DEFAULTS.health_check_interval,
+        name: str | None = DEFAULTS.name,
+        validate_after: float | None = DEFAULTS.validate_after,
+        connect_timeout: float | None = DEFAULTS.connect_timeout,
+        cleanup_timeout: float = DEFAULTS.cleanup_timeout,
+        reconnect_delay: float = DEFAULTS.reconnect_delay,
+        reconnect_max_delay: float = DEFAULTS.reconnect_max_delay,
+        background_reset: bool | None = DEFAULTS.background_reset,
     ) -> None:
         self._config = cfg = PoolConfig(
             min_size=min_size,
@@ -91,30 +91,23 @@ class AsyncPool(Generic[R]):
             cleanup_timeout=cleanup_timeout,
             reconnect_delay=reconnect_delay,
             reconnect_max_delay=reconnect_max_delay,
+            background_reset=background_reset,
         )
-        check_flag("background_reset", background_reset)
         self._connector: Connector[R] = as_connector(connector)
-        self._reset: Callable[[R], Awaitable[None]] | None = (
-            None if getattr(self._connector, "reset_is_noop", False) else self._connector.reset
-        )
-        if background_reset is None:
+        extras = capabilities(self._connector)
+        self._reset: Callable[[R], Awaitable[None]] | None = None if extras.reset_is_noop else self._connector.reset
+        if cfg.background_reset is None:
             # The connector knows whether its reset costs a round trip.
-            background_reset = bool(getattr(self._connector, "background_reset", False))
-        self._background_reset = background_reset and self._reset is not None
+            self._background_reset = extras.background_reset and self._reset is not None
+        else:
+            self._background_reset = cfg.background_reset and self._reset is not None
         #: ``async with`` may reset inline in the caller (set at open).
         self._inline_release = False
         #: Awaited when ``acquire()`` did not wait (set at open; trio only).
         self._checkpoint: Callable[[], Awaitable[None]] | None = None
-        connector_ = self._connector
         # One label for the pool in logs and errors (unnamed pools are numbered).
         label = f" {name!r}" if name else f" #{next(_pool_ids)}"
-        self._state: PoolState[R] = PoolState(
-            cfg,
-            getattr(connector_, "is_closed", None),
-            getattr(connector_, "idle_limit", None),
-            getattr(connector_, "watch", None),
-            label,
-        )
+        self._state: PoolState[R] = PoolState(cfg, extras.is_closed, extras.idle_limit, extras.watch, label)
         # The options the contended path reads, with ``None`` as infinity.
         self._wait_limit = math.inf if cfg.timeout is None else cfg.timeout
         self._max_waiting = math.inf if cfg.max_waiting is None else cfg.max_waiting

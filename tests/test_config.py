@@ -65,3 +65,44 @@ def test_options_are_keyword_only() -> None:
 def test_not_a_connector_is_rejected() -> None:
     with pytest.raises(TypeError, match="Connector"):
         AsyncPool(42)  # type: ignore[arg-type]
+
+
+def test_the_pools_keyword_defaults_are_the_configs() -> None:
+    # One place states the defaults: a default restated in AsyncPool's
+    # signature could drift from PoolConfig's.
+    import dataclasses
+    import inspect
+
+    from asyncpool import PoolConfig
+
+    parameters = inspect.signature(AsyncPool.__init__).parameters
+    fields = {field.name: field.default for field in dataclasses.fields(PoolConfig)}
+    assert set(fields) <= set(parameters)
+    for name, default in fields.items():
+        assert parameters[name].default == default, name
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+
+
+def test_background_reset_is_a_config_option_checked_at_construction() -> None:
+    from asyncpool import PoolConfig
+
+    assert AsyncPool(FakeConnector(), background_reset=True).config.background_reset is True
+    assert PoolConfig().background_reset is None
+    with pytest.raises(ValueError, match="background_reset"):
+        PoolConfig(background_reset="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_unnamed_pools_are_numbered_in_errors_as_in_logs() -> None:
+    from asyncpool import PoolClosed, PoolTimeout
+
+    pool = AsyncPool(FakeConnector(), max_size=1)
+    label = repr(pool).split()[1]
+    assert label.startswith("#"), repr(pool)
+    async with pool:
+        held = await pool.acquire()
+        with pytest.raises(PoolTimeout, match=f"pool {label}"):
+            await pool.acquire(timeout=0)
+        await pool.release(held)
+    with pytest.raises(PoolClosed, match=f"the pool {label} is closed"):
+        await pool.acquire()
