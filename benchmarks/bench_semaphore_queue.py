@@ -29,25 +29,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import machine_info, markdown_table, percentile, replace_readme_section
+from bench_core import NoopConnector
 
 from asyncpool import AsyncPool
 
 POOL_SIZE = 10
 CONCURRENCY = (1, 10, 100, 1000)
-
-
-class NoopConnector:
-    async def connect(self) -> object:
-        return object()
-
-    async def close(self, resource: object) -> None:
-        return None
-
-    async def validate(self, resource: object) -> bool:
-        return True
-
-    async def reset(self, resource: object) -> None:
-        return None
 
 
 class SemaphoreQueuePool:
